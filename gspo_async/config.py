@@ -1,0 +1,410 @@
+"""The one config schema of gspo-async.
+
+A run is described by a single YAML file validated by :class:`Config`. The algorithm keys sit at the top level
+and keep the names and semantics of ROLL's GSPO config (so ``configs/example_gspo.yaml`` is the seed document's
+block, unchanged); everything about processes, sockets and files lives in named sections.
+
+Loading:  ``load_config(path, overrides=["learner.port=6000", "ppo_epochs=2"])``.
+Errors:   :class:`ConfigError`, whose message names the key, the file and line, and the closest valid key or the
+          allowed values. No bad key passes silently.
+
+This module imports only pydantic and PyYAML: ``gspo-async config check`` must answer without importing torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config problem, with a message that names the key, where it was written, and the fix."""
+
+
+class ConfigWarning(UserWarning):
+    """A config that is valid but probably not what the user meant."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo must never silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------------------
+
+
+class ModelConfig(_Section):
+    path: str = Field("runs/tiny-model", description="Hugging Face model directory (or a hub id already in the local cache).")
+    tokenizer: Optional[str] = Field(None, description="Tokenizer directory; defaults to model.path.")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    build_tiny_if_missing: bool = Field(True, description="Build the tiny local model at model.path if it does not exist.")
+    gradient_checkpointing: bool = False
+
+
+class TaskConfig(_Section):
+    name: str = Field("arithmetic", description="Built-in task (arithmetic, sort), 'jsonl' or 'hf'.")
+    path: Optional[str] = Field(None, description="JSONL file or Hugging Face dataset name/dir for name=jsonl|hf.")
+    prompt_key: str = "prompt"
+    answer_key: str = "answer"
+    reward: str = Field("exact", description="exact | math | module:function")
+    reward_timeout_s: float = Field(5.0, gt=0)
+    chat_template: bool = Field(False, description="Wrap prompts with the tokenizer's chat template.")
+    eval_size: int = Field(200, ge=0)
+    options: dict[str, Any] = Field(default_factory=dict, description="Task-specific options (e.g. digits).")
+
+
+class SamplingConfig(_Section):
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0 disables top-k.")
+
+
+class OptimConfig(_Section):
+    lr: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    grad_clip: Optional[float] = Field(1.0, gt=0)
+    num_mini_batches: int = Field(1, ge=1, description="Mini-batches per training batch; each is one optimiser step.")
+    micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward (gradient accumulation).")
+
+
+class RejectionConfig(_Section):
+    low: float = Field(0.5, gt=0)
+    high: float = Field(2.0, gt=0)
+
+
+class OffPolicyConfig(_Section):
+    correction: Literal["behaviour", "decoupled", "recompute"] = "behaviour"
+    is_weight_cap: float = Field(2.0, gt=0, description="C in w = min(C, exp(mean log(prox/mu))) for 'decoupled'.")
+    rejection: Optional[RejectionConfig] = Field(None, description="Geometric-mean rejection bounds on prox/mu.")
+    max_staleness: int = Field(1, ge=0, description="Admission bound; 0 = synchronous.")
+    drop_stale: bool = Field(True, description="Drop groups whose staleness still exceeds max_staleness at train time.")
+
+
+class CurveServerConfig(_Section):
+    secret_key: Optional[str] = Field(None, description="Server secret key file (from `gspo-async keys`).")
+    authorized_clients: Optional[str] = Field(None, description="Directory of authorised client public key files.")
+
+
+class CurveClientConfig(_Section):
+    secret_key: Optional[str] = Field(None, description="Client secret key file.")
+    server_public_key: Optional[str] = Field(None, description="Server public key file.")
+
+
+class WeightSyncConfig(_Section):
+    bucket_mb: float = Field(64.0, gt=0)
+    timeout_s: float = Field(30.0, gt=0)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+
+
+class CheckpointConfig(_Section):
+    every: int = Field(50, ge=0, description="Save every N steps (0 = only at the end).")
+    keep: int = Field(2, ge=1)
+
+
+class DeepSpeedConfig(_Section):
+    zero_stage: Literal[1, 2, 3] = 2
+    extra: dict[str, Any] = Field(default_factory=dict, description="Merged into the generated DeepSpeed config.")
+
+
+class LearnerConfig(_Section):
+    host: str = Field("127.0.0.1", description="Bind address. Non-loopback requires CURVE keys or insecure: true.")
+    port: int = Field(5555, ge=0, le=65535, description="Base port: control/rollouts; weight store = port+1.")
+    weight_store_port: Optional[int] = Field(None, description="Defaults to port+1 (0 = pick a free port).")
+    advertise_host: Optional[str] = Field(None, description="Address actors use for the weight store (default: host).")
+    insecure: bool = False
+    curve: CurveServerConfig = Field(default_factory=CurveServerConfig)
+    engine: Literal["torch", "deepspeed"] = "torch"
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    device: str = "cpu"
+    total_steps: int = Field(100, ge=0)
+    eval_every: int = Field(10, ge=0, description="Held-out eval every N steps (0 = never).")
+    eval_max_new_tokens: Optional[int] = None
+    lease_timeout_s: float = Field(120.0, gt=0)
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    heartbeat_timeout_s: float = Field(10.0, gt=0)
+    max_buffered_groups: Optional[int] = Field(None, description="Default: 4 * rollout_batch_size.")
+    weight_sync: WeightSyncConfig = Field(default_factory=WeightSyncConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    threads: int = Field(1, ge=1, description="torch threads in the learner process.")
+
+
+class VLLMConfig(_Section):
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    dtype: str = "bfloat16"
+    enforce_eager: bool = False
+    update_mode: Literal["keep", "abort"] = Field(
+        "keep", description="In-flight requests at a weight update: keep their KV cache, or abort and re-prefill."
+    )
+    logprobs_mode: Literal["processed_logprobs", "raw_logprobs"] = "processed_logprobs"
+    weight_transport: Literal["nccl", "ipc", "host"] = "nccl"
+    max_model_len: Optional[int] = None
+
+
+class ActorConfig(_Section):
+    engine: Literal["hf", "vllm", "vllm-fake"] = "hf"
+    device: str = "cpu"
+    prompts_per_lease: int = Field(4, ge=1, description="Prompts asked for per lease request (one generation batch).")
+    threads: int = Field(1, ge=1)
+    seed: int = 0
+    curve: CurveClientConfig = Field(default_factory=CurveClientConfig)
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
+
+
+class LocalConfig(_Section):
+    num_actors: int = Field(2, ge=0, description="Actors started by `gspo-async local`.")
+
+
+class TelemetryConfig(_Section):
+    prometheus_port: Optional[int] = Field(None, description="Learner's Prometheus port (None = off, 0 = free port).")
+    dashboard_port: Optional[int] = Field(None, description="Learner serves the live dashboard here (None = off).")
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "gspo-async"
+    wandb_mode: Literal["online", "offline", "disabled"] = "offline"
+    log_every_s: float = Field(2.0, gt=0)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The top level: ROLL's GSPO keys plus the sections above
+# --------------------------------------------------------------------------------------------------------------
+
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+
+# Clip ranges when the user sets none: the GSPO paper's for the sequence ratio, the paper's GRPO baseline otherwise.
+DEFAULT_CLIP = {"seq": (3e-4, 4e-4), "token": (0.2, 0.27)}
+
+
+class Config(_Section):
+    # --- GSPO (seed keys, ROLL names and semantics) ---
+    adv_estimator: Literal["reinforce", "grpo"] = "grpo"
+    importance_sampling: Literal["seq", "token"] = "seq"
+    rollout_batch_size: int = Field(64, ge=1, description="Prompts (groups) per training step.")
+    num_return_sequences_in_group: int = Field(8, ge=1, description="Responses per prompt (G).")
+    prompt_length: int = Field(2048, ge=1, description="Max prompt tokens.")
+    response_length: int = Field(4096, ge=1, description="Max response tokens.")
+    # --- PPO ---
+    ppo_epochs: int = Field(1, ge=1)
+    use_kl_loss: bool = False
+    kl_loss_coef: float = Field(0.0, ge=0)
+    loss_agg_mode: Literal[LOSS_AGG_MODES] = "seq-mean-token-mean"  # type: ignore[valid-type]
+    loss_agg_norm_length: Optional[int] = Field(None, description="T of seq-mean-token-sum-norm; default response_length.")
+    # --- advantage ---
+    whiten_advantages: bool = False
+    advantage_clip: Optional[float] = Field(None, gt=0)
+    dual_clip_loss: bool = False
+    dual_clip_c: float = Field(3.0, gt=1, description="Dual-clip constant c (> 1), negative advantages only.")
+    # --- clip ---
+    pg_clip: Optional[float] = Field(None, gt=0, description="Symmetric clip; overrides the defaults of low/high.")
+    pg_clip_low: Optional[float] = Field(None, gt=0, description="Default 3e-4 (seq) / 0.2 (token).")
+    pg_clip_high: Optional[float] = Field(None, gt=0, description="Default 4e-4 (seq) / 0.27 (token).")
+    log_ratio_clamp: float = Field(10.0, gt=0, description="Guard on log s_i so exp never overflows.")
+    reward_clip: Optional[float] = Field(None, gt=0)
+    # --- normalize ---
+    reward_norm: Optional[Literal["batch", "group", "running"]] = None
+    reward_shift: bool = False
+    reward_scale: bool = False
+    # --- reward ---
+    add_token_level_kl: bool = False
+    token_level_kl_coef: float = Field(0.0, ge=0, description="beta of add_token_level_kl.")
+    # --- system ---
+    seed: int = 0
+    run_dir: str = "runs/latest"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    off_policy: OffPolicyConfig = Field(default_factory=OffPolicyConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    actor: ActorConfig = Field(default_factory=ActorConfig)
+    local: LocalConfig = Field(default_factory=LocalConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> "Config":
+        if self.reward_shift and self.reward_scale:
+            raise ValueError("reward_shift and reward_scale are exclusive: shift subtracts the mean only, scale "
+                             "divides by the std only; set at most one (or neither for full normalisation)")
+        if self.off_policy.rejection and self.off_policy.rejection.low >= self.off_policy.rejection.high:
+            raise ValueError("off_policy.rejection.low must be below off_policy.rejection.high")
+        if self.use_kl_loss and self.kl_loss_coef == 0:
+            warnings.warn("use_kl_loss is true but kl_loss_coef is 0: the KL term has no effect", ConfigWarning,
+                          stacklevel=2)
+        return self
+
+    # ----- resolved values (what the trainer uses) -----
+    @property
+    def clip_range(self) -> tuple[float, float]:
+        """(eps_low, eps_high): explicit keys win over pg_clip, which wins over the per-mode defaults."""
+        low, high = DEFAULT_CLIP[self.importance_sampling]
+        if self.pg_clip is not None:
+            low = high = self.pg_clip
+        return (self.pg_clip_low if self.pg_clip_low is not None else low,
+                self.pg_clip_high if self.pg_clip_high is not None else high)
+
+    @property
+    def groups_per_step(self) -> int:
+        return self.rollout_batch_size
+
+    @property
+    def max_buffered_groups(self) -> int:
+        return self.learner.max_buffered_groups or 4 * self.rollout_batch_size
+
+    @property
+    def weight_store_port(self) -> int:
+        if self.learner.weight_store_port is not None:
+            return self.learner.weight_store_port
+        return self.learner.port + 1 if self.learner.port else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading with line numbers, overrides and helpful errors
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _yaml_with_lines(text: str, source: str) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    """Parse YAML and return (data, {key path: 1-based line}) so errors can point at the line."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML: {err}") from None
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(n: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for key_node, value_node in n.value:
+                key = (*path, str(key_node.value))
+                lines[key] = key_node.start_mark.line + 1
+                walk(value_node, key)
+
+    if node is not None:
+        walk(node, ())
+    data = yaml.safe_load(text)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys to values, got {type(data).__name__}")
+    return data, lines
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. learner.port=6000)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted ``key=value`` overrides (values parsed as YAML scalars) to a raw config mapping."""
+    for item in overrides:
+        parts, value = _parse_override(item)
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _fields_at(path: tuple[Any, ...]) -> dict[str, Any]:
+    """The pydantic fields of the section found at `path` (empty if path is not a section)."""
+    model: Any = Config
+    for part in path:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return {}
+        ann = field.annotation
+        # Optional[Section] -> Section
+        for cand in getattr(ann, "__args__", ()) or (ann,):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                ann = cand
+                break
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return {}
+        model = ann
+    return model.model_fields
+
+
+def _format_errors(err: ValidationError, lines: dict[tuple[str, ...], int], source: str) -> str:
+    messages = []
+    for e in err.errors():
+        loc = tuple(str(p) for p in e["loc"])
+        dotted = ".".join(loc) or "(top level)"
+        line = lines.get(loc)
+        where = f"{source}:{line}" if line else source
+        if e["type"] == "extra_forbidden":
+            valid = list(_fields_at(loc[:-1]))
+            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+            hint = f"did you mean {'.'.join((*loc[:-1], close[0]))!r}?" if close else \
+                f"valid keys here: {', '.join(valid)}"
+            messages.append(f"{where}: unknown key {dotted!r}; {hint}")
+        elif e["type"] in ("literal_error", "enum"):
+            allowed = e.get("ctx", {}).get("expected", "")
+            messages.append(f"{where}: {dotted} = {e.get('input')!r} is not allowed; allowed values: {allowed}")
+        else:
+            messages.append(f"{where}: {dotted}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid config:\n  " + "\n  ".join(messages)
+
+
+def _warn_semantics(cfg: Config, source: str) -> None:
+    if cfg.importance_sampling == "seq" and cfg.loss_agg_mode == "seq-mean-token-sum":
+        warnings.warn(
+            f"{source}: GSPO (importance_sampling: seq) with loss_agg_mode: seq-mean-token-sum makes the loss "
+            "scale with response length (every token of a sequence carries the same sequence-level term); the "
+            "paper's choice is seq-mean-token-mean", ConfigWarning, stacklevel=3)
+
+
+def config_from_dict(data: dict[str, Any], *, source: str = "<config>",
+                     lines: Optional[dict[tuple[str, ...], int]] = None) -> Config:
+    """Validate a raw mapping into a :class:`Config`, raising :class:`ConfigError` with helpful messages."""
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, lines or {}, source)) from None
+    _warn_semantics(cfg, source)
+    return cfg
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None) -> Config:
+    """Load a YAML config (or the defaults when `path` is None) and apply dotted ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    lines: dict[tuple[str, ...], int] = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist (pass a YAML file, e.g. configs/quickstart.yaml)")
+        source = str(p)
+        data, lines = _yaml_with_lines(p.read_text(), source)
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source = f"{source} (with overrides)"
+    return config_from_dict(data, source=source, lines=lines)

@@ -1,0 +1,246 @@
+"""The actor process: lease prompts, generate a group per prompt, score it, push it; take new weights between batches.
+
+Everything an actor needs comes from the learner's welcome: the run config, the model's config and tokenizer
+files, and the weight store's address. The model is built from its config and filled by the first weight
+broadcast, so an actor on another machine needs nothing but ``--learner HOST:PORT``.
+
+Threads: the :class:`ActorClient` owns the ZeroMQ socket (heartbeats, acks, resends) in its own thread; a weight
+thread receives broadcasts into fresh buffers; this loop applies the newest received version at the safe point
+between generation batches, so a response never mixes weights and each group carries one version.
+
+Signals: SIGTERM (or the first SIGINT) finishes the current batch, pushes it, waits for its acks and returns any
+unstarted leases; a second SIGINT exits at once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from gspo_async.process import StopFlag, setup_process
+
+
+class WeightReceiver:
+    """Background thread: receive every broadcast this actor is a member of; keep only the newest."""
+
+    def __init__(self, host: str, port: int, actor_id: str, timeout_s: float, device: str, start_seq: Optional[int]):
+        from gspo_async.weights.elastic import WeightSubscriber
+
+        self.subscriber = WeightSubscriber(host, port, actor_id, timeout_s=timeout_s, device=device,
+                                           start_seq=start_seq)
+        self._lock = threading.Lock()
+        self._latest = None
+        self.arrived = threading.Event()
+        self._stop = threading.Event()
+        self.failures = 0
+        self._thread = threading.Thread(target=self._run, name="weights", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                received = self.subscriber.receive(stop_event=self._stop)
+            except Exception as err:  # a broken round must not kill the actor: wait for the next
+                print(f"[actor] weight receive failed: {err}", flush=True)
+                received = None
+            if received is None:
+                self.failures += 0 if self._stop.is_set() else 1
+                continue
+            with self._lock:
+                self._latest = received
+            self.arrived.set()
+
+    def take(self):
+        """The newest received weights not yet applied, or None."""
+        with self._lock:
+            latest, self._latest = self._latest, None
+            self.arrived.clear()
+            return latest
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self.subscriber.close()
+
+
+class Actor:
+    def __init__(self, learner: str, actor_id: Optional[str], local_overrides: list[str],
+                 config_path: Optional[str], run_dir: Optional[str]):
+        from gspo_async.protocol.transport import ActorClient
+
+        self.actor_id = actor_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+        self.learner = learner
+        self.local_overrides = local_overrides
+        self.config_path = config_path
+        self.run_dir = run_dir
+        self.stop = StopFlag()
+        self.engine = None
+        self.weights: Optional[WeightReceiver] = None
+        self.stats = {"tokens_per_s": 0.0, "groups_per_s": 0.0, "reward_mean": 0.0, "version": -1.0,
+                      "unacked": 0.0, "groups_total": 0.0, "tokens_total": 0.0, "reward_errors": 0.0}
+        self.client = ActorClient(learner, self.actor_id, engine="?", curve=self._curve_keys(),
+                                  stats_fn=lambda: dict(self.stats))
+        self.session: Optional[str] = None
+
+    def _curve_keys(self):
+        if not self.config_path and not any(o.startswith("actor.curve") for o in self.local_overrides):
+            return None
+        from gspo_async.config import load_config
+
+        local = load_config(self.config_path, self.local_overrides).actor.curve
+        if not local.secret_key:
+            return None
+        from gspo_async.protocol.auth import CurveClientKeys
+
+        return CurveClientKeys.load(local.secret_key, local.server_public_key)
+
+    # ----- setup from the welcome -----
+    def _configure(self, welcome) -> None:
+        from gspo_async.actor.rewards import RewardRunner
+        from gspo_async.config import apply_overrides, config_from_dict, load_config
+
+        raw = dict(welcome.config)
+        if self.config_path:  # local actor settings (device, engine, keys) win over the learner's
+            raw["actor"] = load_config(self.config_path).to_dict()["actor"]
+        raw = apply_overrides(raw, [o if o.startswith("actor.") else f"actor.{o}" for o in self.local_overrides])
+        self.cfg = config_from_dict(raw, source="learner welcome")
+        setup_process(self.cfg.actor.threads)
+        model_dir = Path(tempfile.mkdtemp(prefix=f"gspo-actor-{self.actor_id}-"))
+        for name, data in welcome.model_files.items():
+            (model_dir / Path(name).name).write_bytes(data)
+        self.engine = self._build_engine(model_dir)
+        task_reward = self.cfg.task.reward
+        if task_reward == "exact":
+            from gspo_async.tasks import get_task
+
+            task_reward = get_task(self.cfg.task.name, **self._task_options()).reward_fn
+        self.reward = RewardRunner(task_reward, timeout_s=self.cfg.task.reward_timeout_s)
+        host, port = welcome.weight_store
+        if self.weights is not None:
+            self.weights.close()
+        self.weights = WeightReceiver(host, int(port), self.actor_id, self.cfg.learner.weight_sync.timeout_s,
+                                      self.cfg.actor.device, getattr(welcome, "weight_sync_seq", None))
+        self.session = welcome.session
+
+    def _task_options(self) -> dict[str, Any]:
+        t = self.cfg.task
+        opts = dict(t.options)
+        if t.name in ("jsonl", "hf"):
+            opts.update(path=t.path, prompt_key=t.prompt_key, answer_key=t.answer_key)
+        opts.setdefault("eval_size", t.eval_size)
+        return opts
+
+    def _build_engine(self, model_dir: Path):
+        from gspo_async.actor.engines import build_engine
+
+        return build_engine(self.cfg, model_dir, seed=self.cfg.actor.seed + _stable_hash(self.actor_id))
+
+    # ----- weights -----
+    def apply_pending_weights(self, wait_s: float = 0.0) -> bool:
+        """Apply the newest received version (waiting up to `wait_s` for one). True if one was applied."""
+        if wait_s > 0 and self.weights is not None:
+            self.weights.arrived.wait(wait_s)
+        received = self.weights.take() if self.weights is not None else None
+        if received is None:
+            return False
+        self.engine.apply_weights(received.tensors, received.version)
+        self.stats["version"] = float(received.version)
+        return True
+
+    # ----- the loop -----
+    def run(self) -> int:
+        from gspo_async.actor.engines.base import SamplingSettings
+
+        welcome = self.client.connect(timeout_s=60)
+        self._configure(welcome)
+        cfg = self.cfg
+        print(f"[actor {self.actor_id}] connected to {self.learner}; engine {cfg.actor.engine}; waiting for weights",
+              flush=True)
+        while self.engine.version < 0 and not self.stop.is_set():  # generate nothing before the first weights
+            self.apply_pending_weights(wait_s=0.5)
+        sampling = SamplingSettings(temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+                                    top_k=cfg.sampling.top_k, max_new_tokens=cfg.response_length)
+        window: list[tuple[float, int, int]] = []  # (time, tokens, groups) for recent rates
+        while not self.stop.is_set():
+            if self.client.learner_session != self.session:  # the learner restarted: new config, new weight store
+                print(f"[actor {self.actor_id}] learner restarted; re-configuring", flush=True)
+                self._configure(self.client.welcome)
+                while self.engine.version < 0 and not self.stop.is_set():
+                    self.apply_pending_weights(wait_s=0.5)
+            self.apply_pending_weights()
+            leases = self.client.lease(cfg.actor.prompts_per_lease, timeout_s=10)
+            if not leases:  # admission closed until the next version: wait for new weights instead of spinning
+                self.apply_pending_weights(wait_s=0.5)
+                continue
+            t0 = time.time()
+            groups = self.engine.generate([lease.tokens.tolist() for lease in leases],
+                                          cfg.num_return_sequences_in_group, sampling)
+            gen_s = time.time() - t0
+            tokens = 0
+            for lease, gens in zip(leases, groups):
+                group = self._make_group(lease, gens, gen_s)
+                tokens += group.num_tokens
+                self.client.push(group)
+            now = time.time()
+            window = [w for w in window if now - w[0] < 30] + [(now, tokens, len(groups))]
+            span = max(now - window[0][0] + gen_s, 1e-9) if len(window) > 1 else max(gen_s, 1e-9)
+            self.stats.update(tokens_per_s=sum(w[1] for w in window) / span,
+                              groups_per_s=sum(w[2] for w in window) / span,
+                              unacked=float(self.client.unacked()),
+                              tokens_total=self.stats["tokens_total"] + tokens,
+                              groups_total=self.stats["groups_total"] + len(groups),
+                              reward_errors=float(sum(self.reward.errors.values())))
+        print(f"[actor {self.actor_id}] stopping ({self.stop.reason}); waiting for acks", flush=True)
+        self.client.wait_acked(timeout_s=30)
+        return 0
+
+    def _make_group(self, lease, gens, gen_s: float):
+        from gspo_async.protocol.messages import Response, RolloutGroup
+
+        t0 = time.time()
+        texts = [self.engine.tokenizer.decode(g.tokens, skip_special_tokens=True) for g in gens]
+        prompt_text = self.engine.tokenizer.decode(lease.tokens.tolist(), skip_special_tokens=True)
+        rewards = self.reward.score_many(prompt_text, texts, lease.answer, lease.meta)
+        reward_s = time.time() - t0
+        self.stats["reward_mean"] = float(np.mean(rewards))
+        responses = [Response(tokens=np.asarray(g.tokens, dtype=np.int32),
+                              logprobs=np.asarray(g.logprobs, dtype=np.float32), reward=float(r),
+                              finish_reason=g.finish_reason,
+                              version_spans=np.asarray(g.version_spans, dtype=np.int32).reshape(-1, 3))
+                     for g, r in zip(gens, rewards)]
+        return RolloutGroup(group_id=f"{self.actor_id}:{lease.prompt_id}:{uuid.uuid4().hex[:8]}",
+                            prompt_id=lease.prompt_id, actor_id=self.actor_id, prompt_tokens=lease.tokens,
+                            responses=responses, timings={"gen_s": gen_s, "reward_s": reward_s})
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            if self.weights is not None:
+                self.weights.close()
+            if self.engine is not None:
+                self.engine.close()
+
+
+def _stable_hash(text: str) -> int:
+    """A small per-actor seed offset that is the same in every run (Python's hash() is salted)."""
+    return int.from_bytes(text.encode()[-8:].rjust(8, b"\0"), "little") % 1_000_003
+
+
+def run_actor(learner: str, actor_id: Optional[str] = None, config_path: Optional[str] = None,
+              overrides: Optional[list[str]] = None, run_dir: Optional[str] = None) -> int:
+    setup_process(1)
+    actor = Actor(learner, actor_id, overrides or [], config_path, run_dir)
+    actor.stop.install()
+    try:
+        return actor.run()
+    finally:
+        actor.close()

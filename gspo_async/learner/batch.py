@@ -1,0 +1,79 @@
+"""Turn rollout groups into padded training tensors.
+
+Layout of one training batch of ``B = groups * G`` sequences (group-major: rows g*G .. g*G+G-1 are group g):
+
+- ``input_ids [B, L]``: prompt tokens then response tokens, right-padded with ``pad_id`` (L = longest prompt+response).
+- ``attention_mask [B, L]``: 1 on real tokens.
+- ``response_start [B]``: index of the first response token in ``input_ids``.
+- ``response_ids [B, T]``, ``response_mask [B, T]``: the response tokens alone (T = longest response), mask 1 on real
+  tokens. Every per-token tensor the loss sees (log-probs, advantages, versions) has this [B, T] shape.
+- ``behaviour_logprobs [B, T]``: the actor's log-probs of the sampled tokens (mu).
+- ``token_versions [B, T]``: the weight version that produced each token (-1 under the mask).
+- ``rewards [B]``: the raw rewards as scored by the actor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gspo_async.protocol.messages import RolloutGroup
+
+
+@dataclass
+class TrainBatch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    response_start: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    behaviour_logprobs: torch.Tensor
+    token_versions: torch.Tensor
+    rewards: torch.Tensor
+    group_size: int
+
+    @property
+    def num_sequences(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def select(self, rows: torch.Tensor) -> "TrainBatch":
+        """A sub-batch of the given rows (used for mini- and micro-batches)."""
+        return TrainBatch(*(getattr(self, f)[rows] for f in (
+            "input_ids", "attention_mask", "response_start", "response_ids", "response_mask",
+            "behaviour_logprobs", "token_versions", "rewards")), group_size=self.group_size)
+
+
+def collate_groups(groups: list[RolloutGroup], pad_id: int) -> TrainBatch:
+    """Pad a list of rollout groups into a :class:`TrainBatch` (see the module docstring for shapes)."""
+    if not groups:
+        raise ValueError("collate_groups needs at least one group")
+    group_size = len(groups[0].responses)
+    rows = [(g.prompt_tokens, r) for g in groups for r in g.responses]
+    if any(len(g.responses) != group_size for g in groups):
+        raise ValueError("all groups of a batch must have the same number of responses")
+    B = len(rows)
+    L = max(len(p) + len(r.tokens) for p, r in rows)
+    T = max(max(len(r.tokens) for _, r in rows), 1)
+    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((B, L), dtype=torch.long)
+    response_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((B, T), dtype=torch.bool)
+    behaviour = torch.zeros((B, T), dtype=torch.float32)
+    versions = torch.full((B, T), -1, dtype=torch.long)
+    start = torch.zeros(B, dtype=torch.long)
+    rewards = torch.zeros(B, dtype=torch.float32)
+    for i, (prompt, resp) in enumerate(rows):
+        p, n = len(prompt), len(resp.tokens)
+        input_ids[i, :p] = torch.as_tensor(prompt, dtype=torch.long)
+        input_ids[i, p:p + n] = torch.as_tensor(resp.tokens, dtype=torch.long)
+        attention_mask[i, :p + n] = 1
+        start[i] = p
+        response_ids[i, :n] = torch.as_tensor(resp.tokens, dtype=torch.long)
+        response_mask[i, :n] = True
+        behaviour[i, :n] = torch.as_tensor(resp.logprobs, dtype=torch.float32)
+        for version, s, e in resp.version_spans:
+            versions[i, int(s):int(e)] = int(version)
+        rewards[i] = float(resp.reward)
+    return TrainBatch(input_ids, attention_mask, start, response_ids, response_mask, behaviour, versions, rewards,
+                      group_size)

@@ -1,0 +1,111 @@
+"""Atomic checkpoints: write everything into a temporary directory, fsync, then rename.
+
+Layout: ``<run_dir>/checkpoints/step-00000050/`` with
+
+- ``model/``: the policy in Hugging Face format (plus the tokenizer), loadable by any HF tool;
+- ``trainer.pt``: optimiser and schedule state, RNG states, running reward statistics;
+- ``state.json``: step, version, coordinator state (leases, prompt cursor, accounting), written last.
+
+A checkpoint directory exists under its final name only once it is complete (``rename`` is atomic on POSIX), so a
+crash or a full disk during a save leaves the previous checkpoint as the newest valid one. Only the last ``keep``
+are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+_NAME = re.compile(r"^step-(\d{8})$")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    step: int
+    version: int
+    state: dict[str, Any]
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save_checkpoint(root: Path, *, step: int, version: int, model: torch.nn.Module, tokenizer: Any,
+                    trainer_state: dict[str, Any], state: dict[str, Any], keep: int) -> Path:
+    """Write checkpoint `step` atomically under `root` and prune to the newest `keep`. Raises OSError on failure
+    (after removing the partial temporary directory); the previous checkpoints are untouched either way."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp / "model")
+        torch.save({**trainer_state, "rng": rng_state()}, tmp / "trainer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "version": version, **state}))
+        _fsync_tree(tmp)
+        if final.exists():  # re-saving the same step (e.g. the final save after a periodic one)
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoint directories under `root`, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name) and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+
+
+def load_latest(root: Path) -> Optional[Checkpoint]:
+    """The newest checkpoint that reads back whole (a damaged one is skipped with a warning), or None."""
+    for path in reversed(list_checkpoints(root)):
+        try:
+            state = json.loads((path / "state.json").read_text())
+            if not (path / "trainer.pt").is_file() or not (path / "model").is_dir():
+                raise ValueError("missing trainer.pt or model/")
+            return Checkpoint(path, int(state["step"]), int(state["version"]), state)
+        except (ValueError, KeyError, OSError) as err:
+            print(f"warning: skipping damaged checkpoint {path}: {err}", flush=True)
+    return None
+
+
+def load_trainer_state(ckpt: Checkpoint) -> dict[str, Any]:
+    # weights_only=False: the file holds numpy RNG state; it is our own file inside the run directory.
+    return torch.load(ckpt.path / "trainer.pt", map_location="cpu", weights_only=False)

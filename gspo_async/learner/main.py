@@ -1,0 +1,331 @@
+"""The learner process: serve leases, take rollout groups, train, publish weights, evaluate, checkpoint.
+
+Threads: the :class:`LearnerServer` owns the ZeroMQ socket and the coordinator in a background thread; this
+module's loop is the training thread. It waits for ``rollout_batch_size`` kept groups, trains on them, bumps the
+version, broadcasts the weights to every live actor, and tells the coordinator (which re-opens admission).
+While it waits for data it re-broadcasts the current weights whenever the membership changed, so an actor that
+joins receives the full current weights before it generates.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from gspo_async.config import Config
+from gspo_async.process import StopFlag, setup_process
+
+MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "chat_template.jinja", "tiny_meta.json")
+
+
+def ensure_model(cfg: Config) -> Path:
+    """The model directory, building the tiny local model there first when it is missing and allowed."""
+    path = Path(cfg.model.path)
+    if not (path / "config.json").is_file() and cfg.model.build_tiny_if_missing:
+        from gspo_async.models.tiny import build_tiny
+
+        print(f"[learner] building the tiny local model at {path} (no hub access) ...", flush=True)
+        build_tiny(path, seed=cfg.seed)
+    return path
+
+
+def model_files(path: Path) -> dict[str, bytes]:
+    """Small files that let a remote actor rebuild the architecture and tokenizer (weights come by broadcast)."""
+    return {name: (path / name).read_bytes() for name in MODEL_FILES if (path / name).is_file()}
+
+
+def staleness_hist(groups, version: int, max_lag: int) -> tuple[list[float], list[float]]:
+    """Counts of groups and of their response tokens by lag 0..max_lag (the last bin collects anything older)."""
+    by_groups = [0.0] * (max_lag + 1)
+    by_tokens = [0.0] * (max_lag + 1)
+    for g in groups:
+        lag = min(max(version - g.min_version, 0), max_lag)
+        by_groups[lag] += 1
+        by_tokens[lag] += g.num_tokens
+    return by_groups, by_tokens
+
+
+class Learner:
+    def __init__(self, cfg: Config, resume: bool = False):
+        from gspo_async.actor.engines.hf import HFEngine
+        from gspo_async.actor.rewards import RewardRunner
+        from gspo_async.learner.checkpoint import load_latest, load_trainer_state, set_rng_state
+        from gspo_async.learner.coordinator import Coordinator
+        from gspo_async.learner.engines import build_engine
+        from gspo_async.learner.prompts import PromptSource
+        from gspo_async.learner.trainer import Trainer
+        from gspo_async.models.loading import load_model_and_tokenizer
+        from gspo_async.protocol.messages import Limits
+        from gspo_async.protocol.transport import LearnerServer
+        from gspo_async.tasks import get_task
+        from gspo_async.tasks.prompting import encode_prompt
+        from gspo_async.telemetry.registry import MetricRegistry
+        from gspo_async.weights.elastic import WeightPublisher
+
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        self.run_dir = Path(cfg.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+        self.ckpt_root = self.run_dir / "checkpoints"
+        ckpt = load_latest(self.ckpt_root) if resume else None
+        if resume and ckpt is None:
+            print(f"[learner] --resume: no checkpoint under {self.ckpt_root}; starting fresh", flush=True)
+
+        model_dir = ensure_model(cfg)
+        self.model_dir = model_dir
+        load_from = ckpt.path / "model" if ckpt else model_dir
+        dtype = getattr(torch, cfg.model.dtype)
+        self.model, self.tokenizer = load_model_and_tokenizer(load_from, dtype=dtype, device=cfg.learner.device)
+        if cfg.model.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        ref_model = None
+        if cfg.use_kl_loss or cfg.add_token_level_kl:
+            ref_model, _ = load_model_and_tokenizer(model_dir, dtype=dtype, device=cfg.learner.device)
+            ref_model.requires_grad_(False)
+        self.engine = build_engine(cfg, self.model)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.trainer = Trainer(cfg, self.engine, pad_id, ref_model)
+
+        self.task = get_task(cfg.task.name, **self._task_options())
+        self.reward = RewardRunner(cfg.task.reward if cfg.task.reward != "exact" else self.task.reward_fn,
+                                   timeout_s=cfg.task.reward_timeout_s)
+        chat = cfg.task.chat_template or None
+
+        def encode(text: str) -> list[int]:
+            return encode_prompt(self.tokenizer, text, chat=chat)
+
+        self.prompts = PromptSource(self.task.train_items(cfg.seed), encode=encode)
+        self.coordinator = Coordinator(
+            self.prompts, groups_per_step=cfg.groups_per_step, group_size=cfg.num_return_sequences_in_group,
+            max_staleness=cfg.off_policy.max_staleness, lease_timeout_s=cfg.learner.lease_timeout_s,
+            heartbeat_timeout_s=cfg.learner.heartbeat_timeout_s, max_buffered_groups=cfg.max_buffered_groups,
+            drop_stale=cfg.off_policy.drop_stale)
+
+        self.step = 0
+        self.version = 0
+        self.history: list[dict[str, float]] = []
+        if ckpt is not None:
+            state = load_trainer_state(ckpt)
+            self.engine.load_state_dict(state["engine"])
+            self.trainer.running.load_state_dict(state["running"])
+            set_rng_state(state["rng"])
+            self.trainer.generator.set_state(state["generator"])
+            self.coordinator.load_state_dict(ckpt.state["coordinator"])
+            self.step, self.version = ckpt.step, ckpt.version
+            self.history = ckpt.state.get("history", [])
+            print(f"[learner] resumed from {ckpt.path} at step {self.step}, version {self.version}", flush=True)
+
+        self.registry = MetricRegistry("learner", self.run_dir)
+        self.eval_engine = HFEngine((self.model, self.tokenizer), device=cfg.learner.device, seed=cfg.seed)
+
+        host = cfg.learner.host
+        self.publisher = WeightPublisher(host, cfg.weight_store_port, timeout_s=cfg.learner.weight_sync.timeout_s,
+                                         bucket_bytes=int(cfg.learner.weight_sync.bucket_mb * 2**20),
+                                         backend=self._weight_backend(), device=cfg.learner.device)
+        vocab = int(self.model.get_output_embeddings().weight.shape[0])
+        limits = Limits(vocab_size=vocab, max_prompt_tokens=cfg.prompt_length,
+                        max_response_tokens=cfg.response_length, group_size=cfg.num_return_sequences_in_group)
+        curve = None
+        if cfg.learner.curve.secret_key:
+            from gspo_async.protocol.auth import CurveServerKeys
+
+            curve = CurveServerKeys.load(cfg.learner.curve.secret_key, cfg.learner.curve.authorized_clients)
+        self.server = LearnerServer(
+            self.coordinator, host=host, port=cfg.learner.port, limits=limits, curve=curve,
+            insecure=cfg.learner.insecure, heartbeat_interval_s=cfg.learner.heartbeat_interval_s,
+            welcome_extra={"config": cfg.to_dict(), "model_files": model_files(model_dir),
+                           "weight_store": [cfg.learner.advertise_host or host, self.publisher.port]})
+        self.server.start()
+        self.server.set_version(self.version)
+        self.published_members: Optional[list[str]] = None
+        self.last_sync: dict[str, float] = {}
+        self.dashboard = None
+        self.stop = StopFlag()
+
+    # ----- setup helpers -----
+    def _task_options(self) -> dict[str, Any]:
+        t = self.cfg.task
+        opts = dict(t.options)
+        if t.name in ("jsonl", "hf"):
+            opts.update(path=t.path, prompt_key=t.prompt_key, answer_key=t.answer_key)
+        opts.setdefault("eval_size", t.eval_size)
+        return opts
+
+    def _weight_backend(self) -> str:
+        backend = self.cfg.learner.weight_sync.backend
+        if backend == "auto":
+            return "nccl" if str(self.cfg.learner.device).startswith("cuda") else "gloo"
+        return backend
+
+    # ----- the pieces of the loop -----
+    def sync_weights(self, reason: str) -> None:
+        """Broadcast the current weights to every live actor (a failure is logged; the next call rebuilds)."""
+        members = sorted(self.server.live_actor_ids())
+        result = self.publisher.publish(list(self.engine.broadcast_tensors()), self.version, members)
+        self.last_sync = {"weights/sync_s": result.seconds, "weights/bytes": float(result.bytes)}
+        if result.ok:
+            self.published_members = members
+        else:
+            self.published_members = None  # rebuild at the next chance
+            print(f"[learner] weight sync v{self.version} ({reason}) to {members} failed: {result.error}",
+                  flush=True)
+
+    def membership_changed(self) -> bool:
+        return sorted(self.server.live_actor_ids()) != self.published_members
+
+    def evaluate(self) -> float:
+        from gspo_async.actor.engines.base import SamplingSettings
+        from gspo_async.tasks.evaluate import evaluate
+
+        items = self.task.eval_items()
+        if not items:
+            return float("nan")
+        max_new = self.cfg.learner.eval_max_new_tokens or self.cfg.response_length
+        self.model.eval()
+        with torch.no_grad():
+            result = evaluate(self.eval_engine, self.tokenizer, items, self.reward.score_many,
+                              SamplingSettings(temperature=0.0, max_new_tokens=max_new))
+        return float(result["accuracy"])
+
+    def checkpoint(self) -> None:
+        from gspo_async.learner.checkpoint import save_checkpoint
+
+        try:
+            save_checkpoint(self.ckpt_root, step=self.step, version=self.version, model=self.model,
+                            tokenizer=self.tokenizer,
+                            trainer_state={"engine": self.engine.state_dict(),
+                                           "running": self.trainer.running.state_dict(),
+                                           "generator": self.trainer.generator.get_state()},
+                            state={"coordinator": self.server.state_dict(), "history": self.history},
+                            keep=self.cfg.learner.checkpoint.keep)
+        except OSError as err:  # full disk, permissions: keep training, keep the previous checkpoint
+            self.registry.inc("checkpoint/failures")
+            print(f"[learner] checkpoint at step {self.step} failed ({err}); the previous one is intact. "
+                  f"Free space under {self.ckpt_root} to resume saving.", flush=True)
+
+    def fleet_metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        actors = self.server.actors()
+        gen_rate = 0.0
+        skew = 0
+        for a in actors:
+            rate = float(a.get("stats", {}).get("tokens_per_s", 0.0))
+            out[f"actor/{a['actor_id']}/tokens_per_s"] = rate
+            out[f"actor/{a['actor_id']}/version"] = float(a.get("version", 0))
+            gen_rate += rate
+            skew = max(skew, self.version - int(a.get("version", 0)))
+        out["throughput/gen_tokens_per_s"] = gen_rate
+        out["weights/version_skew_max"] = float(skew)
+        out["actors/alive"] = float(len(self.server.live_actor_ids()))
+        c = self.server.counters()
+        out["buffer/groups"] = float(c.get("buffered", 0))
+        out["leases/in_flight"] = float(c.get("in_flight", 0))
+        out["staleness/dropped"] = float(c.get("dropped_stale", 0))
+        out["staleness/dropped_tokens"] = float(c.get("dropped_stale_tokens", 0))
+        return out
+
+    # ----- main loop -----
+    def run(self) -> int:
+        cfg = self.cfg
+        total = cfg.learner.total_steps
+        print(f"[learner] listening on {cfg.learner.host}:{self.server.port} (weights on port {self.publisher.port}); "
+              f"run dir {self.run_dir}", flush=True)
+        if cfg.telemetry.dashboard_port is not None:
+            from gspo_async.dashboard.server import serve_dashboard
+
+            self.dashboard = serve_dashboard(self.run_dir, port=cfg.telemetry.dashboard_port)
+            print(f"[learner] dashboard: {self.dashboard.url}", flush=True)
+        if cfg.telemetry.prometheus_port is not None:
+            port = self.registry.serve_prometheus(port=cfg.telemetry.prometheus_port)
+            print(f"[learner] prometheus metrics: http://127.0.0.1:{port}/metrics", flush=True)
+        if self.step == 0 and cfg.learner.eval_every:
+            acc = self.evaluate()
+            self.registry.set("eval/accuracy", acc)
+            self.registry.log(self.step)
+            self.history.append({"step": 0, "eval/accuracy": acc})
+            print(f"[learner] step 0: held-out accuracy {acc:.3f} (before RL)", flush=True)
+        start = time.time()
+        busy = 0.0
+        while self.step < total and not self.stop.is_set():
+            batch: list = []
+            wait_start = time.time()
+            while len(batch) < cfg.rollout_batch_size and not self.stop.is_set():
+                if self.membership_changed():
+                    self.sync_weights("membership")
+                batch += self.server.take_groups(cfg.rollout_batch_size - len(batch), timeout_s=0.2)
+            if self.stop.is_set():
+                break
+            wait_s = time.time() - wait_start
+            t0 = time.time()
+            hist, hist_tokens = staleness_hist(batch, self.version, cfg.off_policy.max_staleness + 1)
+            lags = [self.version - g.min_version for g in batch]
+            metrics = self.trainer.train_step(batch)
+            self.step += 1
+            self.version += 1
+            self.sync_weights("new version")
+            self.server.set_version(self.version)
+            self.server.mark_trained(batch)
+            train_s = time.time() - t0
+            busy += train_s
+            metrics.update({
+                "train/step": float(self.step), "train/version": float(self.version),
+                "staleness/mean": sum(lags) / len(lags), "staleness/max": float(max(lags)),
+                "staleness/hist": hist, "staleness/hist_tokens": hist_tokens,
+                "learner/wait_s": wait_s, "learner/busy_frac": busy / max(time.time() - start, 1e-9),
+                "throughput/train_tokens_per_s": metrics["train/tokens"] / max(train_s, 1e-9),
+                "throughput/samples_per_s": metrics["train/samples"] / max(train_s + wait_s, 1e-9),
+                **self.last_sync, **self.fleet_metrics()})
+            if cfg.learner.eval_every and (self.step % cfg.learner.eval_every == 0 or self.step == total):
+                metrics["eval/accuracy"] = self.evaluate()
+            self.registry.update({k: v for k, v in metrics.items() if self.registry.known(k)})
+            self.registry.log(self.step)
+            self.history.append({k: v for k, v in metrics.items() if isinstance(v, float)})
+            self._print_progress(metrics, time.time() - start)
+            if cfg.learner.checkpoint.every and self.step % cfg.learner.checkpoint.every == 0:
+                self.checkpoint()
+        self.checkpoint()
+        self._write_summary(time.time() - start)
+        return 0
+
+    def _print_progress(self, m: dict[str, Any], elapsed: float) -> None:
+        acc = f" | acc {m['eval/accuracy']:.3f}" if "eval/accuracy" in m else ""
+        print(f"[learner] step {self.step}/{self.cfg.learner.total_steps} v{self.version} | "
+              f"reward {m['reward/mean']:.3f}{acc} | staleness {m['staleness/mean']:.2f} (max {m['staleness/max']:.0f})"
+              f" | gen {m['throughput/gen_tokens_per_s']:.0f} tok/s | train {m['throughput/train_tokens_per_s']:.0f}"
+              f" tok/s | busy {100 * m['learner/busy_frac']:.0f}% | clip {m.get('train/clipfrac', 0):.3f} | "
+              f"actors {m['actors/alive']:.0f} | {elapsed:.0f}s", flush=True)
+
+    def _write_summary(self, elapsed: float) -> None:
+        accs = [(h["step"] if "step" in h else h.get("train/step"), h["eval/accuracy"])
+                for h in self.history if "eval/accuracy" in h]
+        summary = {"steps": self.step, "version": self.version, "seconds": elapsed,
+                   "eval_accuracy": accs, "accounting": self.server.counters(),
+                   "start_accuracy": accs[0][1] if accs else None, "final_accuracy": accs[-1][1] if accs else None}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+        print(f"[learner] done: {self.step} steps in {elapsed:.0f}s; held-out accuracy "
+              f"{summary['start_accuracy']} -> {summary['final_accuracy']}; checkpoints in {self.ckpt_root}; "
+              f"metrics in {self.run_dir / 'metrics.jsonl'}", flush=True)
+
+    def close(self) -> None:
+        for part in (self.server, self.publisher, self.registry, self.dashboard, self.reward):
+            if part is not None and hasattr(part, "close"):
+                try:
+                    part.close()
+                except Exception as err:  # closing must not hide the run's own result
+                    print(f"[learner] error while closing {type(part).__name__}: {err}", flush=True)
+
+
+def run_learner(cfg: Config, resume: bool = False) -> int:
+    setup_process(cfg.learner.threads)
+    learner = Learner(cfg, resume=resume)
+    learner.stop.install()
+    try:
+        return learner.run()
+    finally:
+        learner.close()

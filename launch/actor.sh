@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Start one actor against a running learner. Start as many as you like, on any machine, at any time.
+#   launch/actor.sh HOST:PORT [key=value ...]     (overrides of the actor section, e.g. device=cuda:1)
+# Environment (all optional):
+#   GSPO_LEARNER       HOST:PORT when no argument is given
+#   GSPO_ACTOR_ID      actor id (default: hostname-pid)
+#   GSPO_ACTOR_CONFIG  YAML with local actor settings (engine, device, CURVE client keys)
+#   GSPO_DEVICE        actor.device (cpu, cuda, cuda:1)
+set -euo pipefail
+learner="${1:-${GSPO_LEARNER:-}}"
+if [ -z "$learner" ]; then
+  echo "usage: launch/actor.sh HOST:PORT [key=value ...] (or set GSPO_LEARNER)" >&2
+  exit 2
+fi
+[ $# -gt 0 ] && shift
+cmd=(gspo-async actor --learner "$learner")
+[ -n "${GSPO_ACTOR_ID:-}" ] && cmd+=(--id "$GSPO_ACTOR_ID")
+[ -n "${GSPO_ACTOR_CONFIG:-}" ] && cmd+=(--config "$GSPO_ACTOR_CONFIG")
+[ -n "${GSPO_DEVICE:-}" ] && cmd+=("device=${GSPO_DEVICE}")
+cmd+=("$@")
+echo "[launch/actor.sh] ${cmd[*]}" >&2
+exec "${cmd[@]}"

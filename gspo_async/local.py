@@ -47,6 +47,8 @@ def _child_env() -> dict[str, str]:
 def run_local(cfg: Config, resume: bool = False) -> int:
     from gspo_async.learner.main import ensure_model
 
+    for key, value in _child_env().items():  # the model build below runs in this process
+        os.environ.setdefault(key, value)
     run_dir = Path(cfg.run_dir)
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     t_start = time.time()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -26,49 +25,7 @@ from typing import Any, Optional
 import numpy as np
 
 from gspo_async.process import StopFlag, setup_process
-
-
-class WeightReceiver:
-    """Background thread: receive every broadcast this actor is a member of; keep only the newest."""
-
-    def __init__(self, host: str, port: int, actor_id: str, timeout_s: float, device: str, start_seq: Optional[int]):
-        from gspo_async.weights.elastic import WeightSubscriber
-
-        self.subscriber = WeightSubscriber(host, port, actor_id, timeout_s=timeout_s, device=device,
-                                           start_seq=start_seq)
-        self._lock = threading.Lock()
-        self._latest = None
-        self.arrived = threading.Event()
-        self._stop = threading.Event()
-        self.failures = 0
-        self._thread = threading.Thread(target=self._run, name="weights", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                received = self.subscriber.receive(stop_event=self._stop)
-            except Exception as err:  # a broken round must not kill the actor: wait for the next
-                print(f"[actor] weight receive failed: {err}", flush=True)
-                received = None
-            if received is None:
-                self.failures += 0 if self._stop.is_set() else 1
-                continue
-            with self._lock:
-                self._latest = received
-            self.arrived.set()
-
-    def take(self):
-        """The newest received weights not yet applied, or None."""
-        with self._lock:
-            latest, self._latest = self._latest, None
-            self.arrived.clear()
-            return latest
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-        self.subscriber.close()
+from gspo_async.protocol.messages import ProtocolError
 
 
 class Actor:
@@ -83,12 +40,19 @@ class Actor:
         self.run_dir = run_dir
         self.stop = StopFlag()
         self.engine = None
-        self.weights: Optional[WeightReceiver] = None
+        self.weights = None  # WeightReceiverThread
         self.stats = {"tokens_per_s": 0.0, "groups_per_s": 0.0, "reward_mean": 0.0, "version": -1.0,
                       "unacked": 0.0, "groups_total": 0.0, "tokens_total": 0.0, "reward_errors": 0.0}
-        self.client = ActorClient(learner, self.actor_id, engine="?", curve=self._curve_keys(),
+        self.client = ActorClient(learner, self.actor_id, engine=self._local_engine_name(), curve=self._curve_keys(),
                                   stats_fn=lambda: dict(self.stats))
         self.session: Optional[str] = None
+
+    def _local_engine_name(self) -> str:
+        """The engine this actor will run: its own override, else whatever the learner's config says."""
+        for o in self.local_overrides:
+            if o.split("=")[0] in ("engine", "actor.engine"):
+                return o.split("=", 1)[1]
+        return "learner-default"
 
     def _curve_keys(self):
         if not self.config_path and not any(o.startswith("actor.curve") for o in self.local_overrides):
@@ -123,11 +87,15 @@ class Actor:
 
             task_reward = get_task(self.cfg.task.name, **self._task_options()).reward_fn
         self.reward = RewardRunner(task_reward, timeout_s=self.cfg.task.reward_timeout_s)
+        from gspo_async.weights import WeightReceiverThread, WeightSubscriber
+
         host, port = welcome.weight_store
         if self.weights is not None:
-            self.weights.close()
-        self.weights = WeightReceiver(host, int(port), self.actor_id, self.cfg.learner.weight_sync.timeout_s,
-                                      self.cfg.actor.device, getattr(welcome, "weight_sync_seq", None))
+            self.weights.stop()
+        backend = "nccl" if str(self.cfg.actor.device).startswith("cuda") else "gloo"
+        subscriber = WeightSubscriber(host, int(port), self.actor_id, timeout_s=self.cfg.learner.weight_sync.timeout_s,
+                                      device=self.cfg.actor.device, backend=backend)
+        self.weights = WeightReceiverThread(subscriber).start()
         self.session = welcome.session
 
     def _task_options(self) -> dict[str, Any]:
@@ -139,20 +107,21 @@ class Actor:
         return opts
 
     def _build_engine(self, model_dir: Path):
-        from gspo_async.actor.engines import build_engine
+        from gspo_async.actor.engines.factory import build_engine
 
         return build_engine(self.cfg, model_dir, seed=self.cfg.actor.seed + _stable_hash(self.actor_id))
 
     # ----- weights -----
     def apply_pending_weights(self, wait_s: float = 0.0) -> bool:
         """Apply the newest received version (waiting up to `wait_s` for one). True if one was applied."""
-        if wait_s > 0 and self.weights is not None:
-            self.weights.arrived.wait(wait_s)
-        received = self.weights.take() if self.weights is not None else None
+        if self.weights is None:
+            return False
+        received = self.weights.wait(wait_s) if wait_s > 0 else self.weights.take()
         if received is None:
             return False
         self.engine.apply_weights(received.tensors, received.version)
         self.stats["version"] = float(received.version)
+        self.client.applied_version = received.version
         return True
 
     # ----- the loop -----
@@ -176,10 +145,12 @@ class Actor:
                 while self.engine.version < 0 and not self.stop.is_set():
                     self.apply_pending_weights(wait_s=0.5)
             self.apply_pending_weights()
-            leases = self.client.lease(cfg.actor.prompts_per_lease, timeout_s=10)
-            if not leases:  # admission closed until the next version: wait for new weights instead of spinning
+            # The learner holds the request until admission opens (a new version), so no polling loop here.
+            leases = self.client.lease(cfg.actor.prompts_per_lease, timeout_s=10, wait_s=5)
+            if not leases:
                 self.apply_pending_weights(wait_s=0.5)
                 continue
+            self.apply_pending_weights()  # admission opened by a new version: generate with its weights
             t0 = time.time()
             groups = self.engine.generate([lease.tokens.tolist() for lease in leases],
                                           cfg.num_return_sequences_in_group, sampling)
@@ -188,7 +159,12 @@ class Actor:
             for lease, gens in zip(leases, groups):
                 group = self._make_group(lease, gens, gen_s)
                 tokens += group.num_tokens
-                self.client.push(group)
+                try:
+                    self.client.push(group)
+                except ProtocolError as err:  # our own bug or a bad reward value: report, return the prompt
+                    print(f"[actor {self.actor_id}] group for prompt {lease.prompt_id} not sendable: {err}",
+                          flush=True)
+                    self.client.return_leases([lease.prompt_id])
             now = time.time()
             window = [w for w in window if now - w[0] < 30] + [(now, tokens, len(groups))]
             span = max(now - window[0][0] + gen_s, 1e-9) if len(window) > 1 else max(gen_s, 1e-9)
@@ -203,12 +179,13 @@ class Actor:
         return 0
 
     def _make_group(self, lease, gens, gen_s: float):
+        """Score the G responses to one lease and wrap them as a RolloutGroup with the engine's version spans."""
         from gspo_async.protocol.messages import Response, RolloutGroup
 
         t0 = time.time()
         texts = [self.engine.tokenizer.decode(g.tokens, skip_special_tokens=True) for g in gens]
         prompt_text = self.engine.tokenizer.decode(lease.tokens.tolist(), skip_special_tokens=True)
-        rewards = self.reward.score_many(prompt_text, texts, lease.answer, lease.meta)
+        rewards = self.reward.score(prompt_text, texts, lease.answer, lease.meta)
         reward_s = time.time() - t0
         self.stats["reward_mean"] = float(np.mean(rewards))
         responses = [Response(tokens=np.asarray(g.tokens, dtype=np.int32),
@@ -225,7 +202,7 @@ class Actor:
             self.client.close()
         finally:
             if self.weights is not None:
-                self.weights.close()
+                self.weights.stop()
             if self.engine is not None:
                 self.engine.close()
 

@@ -39,15 +39,12 @@ def model_files(path: Path) -> dict[str, bytes]:
     return {name: (path / name).read_bytes() for name in MODEL_FILES if (path / name).is_file()}
 
 
-def staleness_hist(groups, version: int, max_lag: int) -> tuple[list[float], list[float]]:
-    """Counts of groups and of their response tokens by lag 0..max_lag (the last bin collects anything older)."""
-    by_groups = [0.0] * (max_lag + 1)
-    by_tokens = [0.0] * (max_lag + 1)
-    for g in groups:
-        lag = min(max(version - g.min_version, 0), max_lag)
-        by_groups[lag] += 1
-        by_tokens[lag] += g.num_tokens
-    return by_groups, by_tokens
+def _is_metric(name: str) -> bool:
+    """Whether `name` is a registered gauge (per-step values that are not in the registry stay in the history)."""
+    from gspo_async.telemetry.names import GAUGE, METRICS
+
+    spec = METRICS.get(name)
+    return spec is not None and spec.kind == GAUGE
 
 
 class Learner:
@@ -105,7 +102,7 @@ class Learner:
             self.prompts, groups_per_step=cfg.groups_per_step, group_size=cfg.num_return_sequences_in_group,
             max_staleness=cfg.off_policy.max_staleness, lease_timeout_s=cfg.learner.lease_timeout_s,
             heartbeat_timeout_s=cfg.learner.heartbeat_timeout_s, max_buffered_groups=cfg.max_buffered_groups,
-            drop_stale=cfg.off_policy.drop_stale)
+            drop_stale=cfg.off_policy.drop_stale, max_prompt_tokens=cfg.prompt_length)
 
         self.step = 0
         self.version = 0
@@ -121,7 +118,10 @@ class Learner:
             self.history = ckpt.state.get("history", [])
             print(f"[learner] resumed from {ckpt.path} at step {self.step}, version {self.version}", flush=True)
 
-        self.registry = MetricRegistry("learner", self.run_dir)
+        from gspo_async.telemetry.sinks import build_sinks
+
+        self.registry = MetricRegistry("learner", self.run_dir, sinks=build_sinks(cfg.telemetry, self.run_dir))
+        self.known_actors: set[str] = set()
         self.eval_engine = HFEngine((self.model, self.tokenizer), device=cfg.learner.device, seed=cfg.seed)
 
         host = cfg.learner.host
@@ -168,7 +168,7 @@ class Learner:
         """Broadcast the current weights to every live actor (a failure is logged; the next call rebuilds)."""
         members = sorted(self.server.live_actor_ids())
         result = self.publisher.publish(list(self.engine.broadcast_tensors()), self.version, members)
-        self.last_sync = {"weights/sync_s": result.seconds, "weights/bytes": float(result.bytes)}
+        self.last_sync = {"weights/sync_s": result.seconds, "weights/bytes": float(result.nbytes)}
         if result.ok:
             self.published_members = members
         else:
@@ -189,7 +189,7 @@ class Learner:
         max_new = self.cfg.learner.eval_max_new_tokens or self.cfg.response_length
         self.model.eval()
         with torch.no_grad():
-            result = evaluate(self.eval_engine, self.tokenizer, items, self.reward.score_many,
+            result = evaluate(self.eval_engine, self.tokenizer, items, self.reward.score,
                               SamplingSettings(temperature=0.0, max_new_tokens=max_new))
         return float(result["accuracy"])
 
@@ -210,25 +210,30 @@ class Learner:
                   f"Free space under {self.ckpt_root} to resume saving.", flush=True)
 
     def fleet_metrics(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        actors = self.server.actors()
-        gen_rate = 0.0
-        skew = 0
-        for a in actors:
-            rate = float(a.get("stats", {}).get("tokens_per_s", 0.0))
-            out[f"actor/{a['actor_id']}/tokens_per_s"] = rate
-            out[f"actor/{a['actor_id']}/version"] = float(a.get("version", 0))
-            gen_rate += rate
-            skew = max(skew, self.version - int(a.get("version", 0)))
-        out["throughput/gen_tokens_per_s"] = gen_rate
-        out["weights/version_skew_max"] = float(skew)
-        out["actors/alive"] = float(len(self.server.live_actor_ids()))
+        """Fleet-wide numbers from the coordinator; per-actor rows go to the registry directly."""
+        gen_rate, skew = 0.0, 0
+        live = set()
+        for a in self.server.actors():
+            aid = a["actor_id"]
+            live.add(aid)
+            lag = max(self.version - int(a["version"]), 0)
+            self.registry.set_actor(aid, {"tokens_per_s": a["tokens_per_s"], "version": float(a["version"]),
+                                          "version_lag": float(lag), "leases": float(a["leases"])})
+            gen_rate += a["tokens_per_s"]
+            skew = max(skew, lag)
+        for gone in self.known_actors - live:
+            self.registry.forget_actor(gone)
+        self.known_actors = live
         c = self.server.counters()
-        out["buffer/groups"] = float(c.get("buffered", 0))
-        out["leases/in_flight"] = float(c.get("in_flight", 0))
-        out["staleness/dropped"] = float(c.get("dropped_stale", 0))
-        out["staleness/dropped_tokens"] = float(c.get("dropped_stale_tokens", 0))
-        return out
+        lengths = lambda d: [float(d.get(i, d.get(str(i), 0))) for i in range(1 + max(map(int, d), default=-1))]
+        return {"throughput/gen_tokens_per_s": gen_rate, "weights/version_skew_max": float(skew),
+                "actors/alive": float(c["actors_alive"]), "buffer/groups": float(c["buffered"]),
+                "leases/in_flight": float(c["in_flight"]), "staleness/dropped": float(c["dropped_stale"]),
+                "staleness/dropped_tokens": float(c["dropped_stale_tokens"]),
+                "drops/duplicate": float(c["groups_duplicate"]), "drops/invalid": float(c["groups_rejected"]),
+                "drops/length_hist_kept": lengths(c["length_hist_kept"]),
+                "drops/length_hist_dropped": lengths(c["length_hist_dropped"]),
+                "leases/expired": float(c["leases_expired"])}
 
     # ----- main loop -----
     def run(self) -> int:
@@ -251,6 +256,7 @@ class Learner:
             self.history.append({"step": 0, "eval/accuracy": acc})
             print(f"[learner] step 0: held-out accuracy {acc:.3f} (before RL)", flush=True)
         start = time.time()
+        last_log = start
         busy = 0.0
         while self.step < total and not self.stop.is_set():
             batch: list = []
@@ -259,15 +265,23 @@ class Learner:
                 if self.membership_changed():
                     self.sync_weights("membership")
                 batch += self.server.take_groups(cfg.rollout_batch_size - len(batch), timeout_s=0.2)
+                if time.time() - last_log > cfg.telemetry.log_every_s:  # keep the dashboard live while waiting
+                    self.registry.update(self.fleet_metrics())
+                    self.registry.log(self.step)
+                    last_log = time.time()
             if self.stop.is_set():
                 break
             wait_s = time.time() - wait_start
             t0 = time.time()
-            hist, hist_tokens = staleness_hist(batch, self.version, cfg.off_policy.max_staleness + 1)
             lags = [self.version - g.min_version for g in batch]
+            for g, lag in zip(batch, lags):
+                self.registry.observe("staleness/hist", lag)
+                self.registry.observe("staleness/hist_tokens", lag, g.num_tokens)
             metrics = self.trainer.train_step(batch)
             self.step += 1
             self.version += 1
+            # Actors that apply the new weights may push groups of version v+1 before set_version below.
+            self.server.allow_version(self.version)
             self.sync_weights("new version")
             self.server.set_version(self.version)
             self.server.mark_trained(batch)
@@ -276,15 +290,19 @@ class Learner:
             metrics.update({
                 "train/step": float(self.step), "train/version": float(self.version),
                 "staleness/mean": sum(lags) / len(lags), "staleness/max": float(max(lags)),
-                "staleness/hist": hist, "staleness/hist_tokens": hist_tokens,
                 "learner/wait_s": wait_s, "learner/busy_frac": busy / max(time.time() - start, 1e-9),
                 "throughput/train_tokens_per_s": metrics["train/tokens"] / max(train_s, 1e-9),
                 "throughput/samples_per_s": metrics["train/samples"] / max(train_s + wait_s, 1e-9),
                 **self.last_sync, **self.fleet_metrics()})
             if cfg.learner.eval_every and (self.step % cfg.learner.eval_every == 0 or self.step == total):
                 metrics["eval/accuracy"] = self.evaluate()
-            self.registry.update({k: v for k, v in metrics.items() if self.registry.known(k)})
+            self.registry.update({k: v for k, v in metrics.items() if _is_metric(k)})
+            self.registry.inc("train/step")
+            self.registry.inc("train/tokens", metrics["train/tokens"])
+            self.registry.inc("train/samples", metrics["train/samples"])
+            self.registry.inc("train/groups", float(len(batch)))
             self.registry.log(self.step)
+            last_log = time.time()
             self.history.append({k: v for k, v in metrics.items() if isinstance(v, float)})
             self._print_progress(metrics, time.time() - start)
             if cfg.learner.checkpoint.every and self.step % cfg.learner.checkpoint.every == 0:

@@ -157,11 +157,12 @@ class Trainer:
         out["train/loss"] = sum(losses) / max(len(losses), 1)
         out["train/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
         out["train/lr"] = self.engine.lr()
-        out["train/rejected_seqs"] = float(rejected)
         out["train/tokens"] = float(mask.sum())
         out["train/samples"] = float(B)
         lengths = mask.sum(1).float()
-        out["train/response_length"] = float(lengths.mean())
+        out["response/length_mean"] = float(lengths.mean())
+        out["response/length_max"] = float(lengths.max())
+        out["train/rejected_frac"] = rejected / max(B, 1)
         out["reward/mean"] = float(batch.rewards.mean())
         out["reward/std"] = float(batch.rewards.std()) if B > 1 else 0.0
         return out

@@ -54,8 +54,9 @@ class TorchEngine(LearnerEngine):
         return float(self.scheduler.get_last_lr()[0])
 
     def broadcast_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for name, tensor in self.model.state_dict().items():
-            yield name, tensor.detach()
+        from gspo_async.weights import named_weights
+
+        yield from named_weights(self.model)
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}

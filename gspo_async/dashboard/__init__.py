@@ -1,0 +1,1 @@
+"""The live staleness and throughput dashboard (served from the package, no CDN) and the static run report."""

@@ -1,0 +1,293 @@
+"""Every message of the actor-learner protocol, as plain dataclasses.
+
+The wire format (msgpack maps, raw little-endian arrays, frames, the state machine) is specified in
+docs/protocol.md; `codec.py` turns these objects into frames and `validate.py` turns frames back into them.
+
+Direction: actor -> learner: Register, LeaseRequest, RolloutGroup, Heartbeat, Goodbye.
+           learner -> actor: Welcome, Lease, Ack, HeartbeatAck, WeightVersion, ErrorReply.
+Units: times in seconds, token ids int32, log-probabilities float32 natural-log, weight versions int >= 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Optional
+
+import numpy as np
+
+SCHEMA_VERSION: int = 1
+
+FINISH_REASONS = ("stop", "length", "abort")
+ACK_STATUSES = ("accepted", "duplicate", "dropped", "retry_later")
+LEASE_REASONS = ("", "admission", "exhausted")
+
+
+class ProtocolError(ValueError):
+    """A message that breaks the protocol. `code` is one of ERROR_CODES; `ref` names the group when known."""
+
+    def __init__(self, code: str, message: str, ref: str = "", msg_type: str = "", rid: int = 0):
+        super().__init__(f"{code}: {message}")
+        self.code, self.message, self.ref, self.msg_type, self.rid = code, message, ref, msg_type, rid
+
+
+# Error codes sent in ErrorReply.code. Transient ones mean "fix the session and resend"; every other code is final
+# for the message (a rejected group is never accepted on resend, so the actor drops it).
+ERROR_CODES = {
+    "malformed": "not a msgpack map in the expected frames, bad UTF-8, trailing bytes",
+    "too_large": "the message exceeds limits.max_message_bytes",
+    "schema_version": "field v is not this learner's SCHEMA_VERSION",
+    "unknown_type": "field t names no message this side accepts",
+    "bad_field": "a field is missing, unknown, of the wrong type, or out of range",
+    "bad_frames": "extra frames missing, unreferenced, referenced twice, or of the wrong size",
+    "length_mismatch": "tokens and logprobs of a response differ in length",
+    "out_of_vocab": "a token id is negative or >= limits.vocab_size",
+    "bad_logprob": "a log-probability is NaN, infinite or positive",
+    "bad_number": "a reward or a timing is NaN or infinite",
+    "group_size": "the number of responses differs from limits.group_size",
+    "bad_spans": "version spans do not cover the response exactly, in order, without gaps",
+    "forged_version": "a span names a weight version newer than the learner's current version",
+    "unknown_prompt": "the prompt id was never issued by this learner",
+    "prompt_mismatch": "the prompt tokens differ from the leased prompt's",
+    "not_registered": "the sender has not registered (or was declared dead): send Register, then resend",
+    "internal": "the learner failed while handling the message (a bug; the message may be resent)",
+}
+TRANSIENT_CODES = frozenset({"not_registered", "internal"})
+
+
+class _Message:
+    """Field-wise equality that understands numpy arrays (dtype, shape and values, NaN equal to NaN)."""
+
+    TYPE: ClassVar[str] = ""
+
+    def __eq__(self, other: object) -> bool:
+        if type(self) is not type(other):
+            return NotImplemented
+        return all(_same(getattr(self, f.name), getattr(other, f.name)) for f in fields(self))  # type: ignore[arg-type]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+            return False
+        return a.dtype == b.dtype and a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind == "f"))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True
+    return a == b
+
+
+@dataclass(eq=False)
+class Limits(_Message):
+    """What the learner accepts. Sizes in tokens or bytes; `group_size` is G, responses per prompt."""
+
+    vocab_size: int
+    max_prompt_tokens: int
+    max_response_tokens: int
+    group_size: int
+    max_message_bytes: int = 64 << 20
+    max_meta_bytes: int = 64 << 10  # msgpack size of a lease's meta, a Welcome's config, an actor's stats
+    max_items: int = 64  # entries in stats / timings / capabilities maps
+    max_string_bytes: int = 256  # ids, names, reasons, map keys
+    max_lease_prompts: int = 1024  # prompts per LeaseRequest
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"Limits.{f.name} must be a positive int, got {value!r}")
+        if self.vocab_size > 2**31:
+            raise ValueError(f"Limits.vocab_size={self.vocab_size} does not fit int32 token ids")
+
+
+@dataclass(eq=False)
+class PromptLease(_Message):
+    """One leased prompt. tokens: int32 [prompt_len]."""
+
+    prompt_id: int
+    tokens: np.ndarray
+    answer: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Response(_Message):
+    """One sampled response.
+
+    tokens: int32 [n] sampled token ids (n >= 1); logprobs: float32 [n], log-prob of each sampled token under the
+    behaviour policy at the sampling temperature (<= 0); version_spans: int32 [k, 3] rows (version, start, end),
+    token positions [start, end) produced by weights `version`, covering 0..n in order.
+    """
+
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    reward: float
+    finish_reason: str
+    version_spans: np.ndarray
+
+    @classmethod
+    def single_version(cls, tokens: Any, logprobs: Any, reward: float, finish_reason: str,
+                       version: int) -> "Response":
+        """A response produced entirely by one weight version."""
+        tok = np.asarray(tokens, dtype=np.int32)
+        return cls(tok, np.asarray(logprobs, dtype=np.float32), float(reward), finish_reason,
+                   np.array([[version, 0, len(tok)]], dtype=np.int32))
+
+    @property
+    def min_version(self) -> int:
+        return int(np.asarray(self.version_spans).reshape(-1, 3)[:, 0].min())
+
+    @property
+    def max_version(self) -> int:
+        return int(np.asarray(self.version_spans).reshape(-1, 3)[:, 0].max())
+
+
+@dataclass(eq=False)
+class RolloutGroup(_Message):
+    """G responses to one leased prompt. prompt_tokens: int32 [prompt_len]; timings: seconds by name."""
+
+    TYPE: ClassVar[str] = "rollout_group"
+    group_id: str
+    prompt_id: int
+    actor_id: str
+    prompt_tokens: np.ndarray
+    responses: list[Response]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def min_version(self) -> int:
+        """Oldest weight version of any token: staleness = learner version - min_version."""
+        return min(r.min_version for r in self.responses)
+
+    @property
+    def max_version(self) -> int:
+        return max(r.max_version for r in self.responses)
+
+    @property
+    def num_tokens(self) -> int:
+        """Response tokens in the group (prompt tokens not counted)."""
+        return sum(len(r.tokens) for r in self.responses)
+
+    @property
+    def response_lengths(self) -> list[int]:
+        return [len(r.tokens) for r in self.responses]
+
+
+@dataclass(eq=False)
+class Register(_Message):
+    """First message of an actor. `instance` is random per client process: it tells a reconnect of the same
+    process (keeps its leases) from a second process that asks for the same actor id (gets a new id)."""
+
+    TYPE: ClassVar[str] = "register"
+    actor_id: str
+    instance: str
+    engine: str
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    want_files: bool = True
+    rid: int = 0
+
+
+@dataclass(eq=False)
+class Welcome(_Message):
+    """The learner's answer to Register: everything a remote actor needs besides host:port."""
+
+    TYPE: ClassVar[str] = "welcome"
+    actor_id: str  # the id the learner assigned (the requested one unless another live actor holds it)
+    session: str  # random per LearnerServer: changes when the learner restarts
+    version: int  # current weight version
+    config: dict[str, Any]
+    model_files: dict[str, bytes]  # file name -> content (config, tokenizer); empty when want_files was false
+    weight_store: Optional[tuple[str, int]]  # (host, port) of the weight broadcast rendezvous
+    heartbeat_interval_s: float
+    lease_timeout_s: float
+    limits: Limits
+    rid: int = 0
+
+
+@dataclass(eq=False)
+class LeaseRequest(_Message):
+    """Ask for up to `n` prompts; the learner may hold the request up to `wait_s` seconds while admission is
+    closed. `returned` hands back leased prompt ids this actor will not finish."""
+
+    TYPE: ClassVar[str] = "lease_request"
+    n: int
+    wait_s: float = 0.0
+    returned: list[int] = field(default_factory=list)
+    rid: int = 0
+
+
+@dataclass(eq=False)
+class Lease(_Message):
+    """Leased prompts (possibly none, with `reason`), valid for `expires_in_s` seconds from receipt."""
+
+    TYPE: ClassVar[str] = "lease"
+    prompts: list[PromptLease]
+    expires_in_s: float
+    version: int
+    reason: str = ""  # "" | "admission" (closed until the next version) | "exhausted" (no prompts left)
+    rid: int = 0
+
+
+@dataclass(eq=False)
+class Ack(_Message):
+    """Final answer for a group (`retry_later`: keep it and resend after `retry_after_s`)."""
+
+    TYPE: ClassVar[str] = "ack"
+    group_id: str
+    status: str
+    retry_after_s: float = 0.0
+
+
+@dataclass(eq=False)
+class Heartbeat(_Message):
+    """Liveness plus the actor's statistics. version: weights the actor has applied."""
+
+    TYPE: ClassVar[str] = "heartbeat"
+    version: int
+    stats: dict[str, Any] = field(default_factory=dict)
+    unacked: int = 0
+    rid: int = 0
+
+
+@dataclass(eq=False)
+class HeartbeatAck(_Message):
+    TYPE: ClassVar[str] = "heartbeat_ack"
+    version: int
+    session: str
+    rid: int = 0
+
+
+@dataclass(eq=False)
+class Goodbye(_Message):
+    """The actor leaves; every lease it holds goes back to the front of the queue."""
+
+    TYPE: ClassVar[str] = "goodbye"
+    reason: str = ""
+    return_leases: list[int] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class WeightVersion(_Message):
+    """Announcement of a new weight version (the weights themselves travel over torch.distributed)."""
+
+    TYPE: ClassVar[str] = "weight_version"
+    version: int
+    session: str
+
+
+@dataclass(eq=False)
+class ErrorReply(_Message):
+    """A rejected message. ref: the group id when the rejected message was a readable group; rid: the
+    request id of the rejected request when readable."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str
+    message: str
+    ref: str = ""
+    rid: int = 0
+
+
+TO_LEARNER: dict[str, type] = {c.TYPE: c for c in (Register, LeaseRequest, RolloutGroup, Heartbeat, Goodbye)}
+TO_ACTOR: dict[str, type] = {c.TYPE: c for c in (Welcome, Lease, Ack, HeartbeatAck, WeightVersion, ErrorReply)}

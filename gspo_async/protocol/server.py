@@ -1,0 +1,466 @@
+"""The learner's endpoint: one ROUTER socket and the Coordinator, served by a background thread.
+
+The learner's main thread only calls take_groups / set_version / mark_trained / counters; the socket thread
+decodes, validates and answers every message. Every message gets exactly one reply except Goodbye. Nothing is
+dropped silently: ROUTER_MANDATORY makes a reply to a vanished peer an error we count (the actor resends what
+matters: an unacked group, an unanswered lease request), and a Lease that cannot be delivered is returned.
+
+Memory stays bounded whatever the actors do: leases bound the groups in flight, `max_buffered_groups` bounds the
+buffer ('retry_later' beyond), libzmq drops connections that send a frame over twice limits.max_message_bytes,
+and each peer's queue is capped by the receive high-water mark.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from gspo_async.learner.coordinator import Coordinator
+from gspo_async.protocol.auth import CurveServerKeys, apply_server_keys, check_bind, start_authenticator
+from gspo_async.protocol.codec import DEFAULT_FRAME_THRESHOLD, decode, encode
+from gspo_async.protocol.messages import (
+    TO_LEARNER, Ack, ErrorReply, Goodbye, Heartbeat, HeartbeatAck, Lease, LeaseRequest, Limits, PromptLease,
+    ProtocolError, Register, RolloutGroup, WeightVersion, Welcome)
+from gspo_async.protocol.sockets import HANDSHAKE_EVENTS, Waker, endpoint, peer_address
+from gspo_async.protocol.validate import check_group
+
+log = logging.getLogger("gspo_async.protocol.server")
+
+WELCOME_KEYS = ("config", "model_files", "weight_store")
+
+
+@dataclass
+class _Parked:
+    """A lease request held while admission is closed."""
+
+    actor_id: str
+    rid: int
+    n: int
+    deadline: float
+
+
+class _RateLimitedLog:
+    """At most one warning per reason every `every_s` seconds (a flood of bad messages must not flood the log)."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.every_s, self.last, self.suppressed = every_s, {}, Counter()
+
+    def warn(self, reason: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self.last.get(reason, -1e9) >= self.every_s:
+            more = f" (+{self.suppressed[reason]} similar suppressed)" if self.suppressed[reason] else ""
+            log.warning("%s%s", text, more)
+            self.last[reason], self.suppressed[reason] = now, 0
+        else:
+            self.suppressed[reason] += 1
+
+
+class LearnerServer:
+    """Binds host:port (ROUTER) and serves actors for `coordinator`.
+
+    limits: what arriving messages may contain (group_size must equal the coordinator's G).
+    welcome_extra: {'config': resolved run config (dict), 'model_files': {name: bytes}, 'weight_store': (host, port)}.
+    curve: server keys (required for a non-loopback host unless insecure=True).
+    heartbeat_interval_s: how often actors should heartbeat (the coordinator's heartbeat_timeout_s declares death).
+    session: id of this server instance (default: random), changes on every restart.
+    """
+
+    def __init__(self, coordinator: Coordinator, *, host: str = "127.0.0.1", port: int = 0, limits: Limits,
+                 welcome_extra: Optional[dict[str, Any]] = None, curve: Optional[CurveServerKeys] = None,
+                 insecure: bool = False, heartbeat_interval_s: float = 1.0, session: Optional[str] = None,
+                 frame_threshold: int = DEFAULT_FRAME_THRESHOLD, retry_after_s: float = 1.0):
+        check_bind(host, curve, insecure)
+        extra = dict(welcome_extra or {})
+        unknown = set(extra) - set(WELCOME_KEYS)
+        if unknown:
+            raise ValueError(f"welcome_extra has unknown keys {sorted(unknown)}; allowed: {list(WELCOME_KEYS)}")
+        if limits.group_size != coordinator.group_size:
+            raise ValueError(f"limits.group_size={limits.group_size} differs from the coordinator's "
+                             f"group_size={coordinator.group_size}")
+        if not heartbeat_interval_s > 0 or heartbeat_interval_s >= coordinator.heartbeat_timeout_s:
+            raise ValueError(f"heartbeat_interval_s={heartbeat_interval_s} must be > 0 and below the heartbeat "
+                             f"timeout ({coordinator.heartbeat_timeout_s} s)")
+        ws = extra.get("weight_store")
+        self.coordinator, self.host, self.limits, self.curve = coordinator, host, limits, curve
+        self._requested_port = port
+        self.port: int = port
+        self.session = session or uuid.uuid4().hex[:16]
+        self.heartbeat_interval_s, self.retry_after_s = float(heartbeat_interval_s), float(retry_after_s)
+        self.frame_threshold = frame_threshold
+        self._config = dict(extra.get("config") or {})
+        self._model_files = dict(extra.get("model_files") or {})
+        self._weight_store = (str(ws[0]), int(ws[1])) if ws else None
+        self._lock = threading.RLock()  # guards the coordinator (socket thread and learner thread)
+        self._cond = threading.Condition(self._lock)
+        self._peers: dict[bytes, str] = {}  # routing id -> actor id
+        self._routes: dict[str, bytes] = {}  # actor id -> routing id
+        self._parked: dict[bytes, _Parked] = {}
+        self._announce: Optional[int] = None
+        self._wanted = 0  # groups take_groups still waits for
+        # message-level counts, written by the socket thread; every key exists from the start so that readers
+        # on other threads never see the dict change size
+        self.transport: Counter[str] = Counter({k: 0 for k in (
+            "messages_received", "messages_ok", "replies_failed", "handshakes_ok", "handshakes_failed",
+            "internal_errors", *(f"received_{t}" for t in TO_LEARNER))})
+        self._warn = _RateLimitedLog()
+        self._thread: Optional[threading.Thread] = None
+        self._stopping = False
+        self._tick_s = min(0.1, coordinator.heartbeat_timeout_s / 10)
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Bind (errors such as a port in use raise here) and start serving."""
+        if self._thread is not None:
+            raise RuntimeError("LearnerServer.start() called twice")
+        self._ctx = zmq.Context()
+        self._auth = start_authenticator(self._ctx, self.curve) if self.curve else None
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 1000)
+        sock.setsockopt(zmq.SNDHWM, 1000)
+        # A frame over twice the limit makes libzmq drop the connection before anything is buffered; messages
+        # between the limit and that are read and answered 'too_large' (decode checks the sum over frames).
+        sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.limits.max_message_bytes)
+        if ":" in self.host:
+            sock.setsockopt(zmq.IPV6, 1)
+        if self.curve:
+            apply_server_keys(sock, self.curve)
+        try:
+            sock.bind(endpoint(self.host, self._requested_port or "*"))
+        except zmq.ZMQError as err:
+            sock.close(linger=0)
+            self._close_context()
+            raise OSError(f"cannot bind the learner to {self.host}:{self._requested_port} ({err}); is another "
+                          "learner running? pick another learner.port or 0 for a free one") from None
+        self.port = int(sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
+        self._monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
+        self._sock = sock
+        self._waker = Waker(self._ctx)
+        self._thread = threading.Thread(target=self._run, name="learner-server", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving and release the port (the coordinator and its state stay usable)."""
+        if self._thread is None:
+            return
+        self._stopping = True
+        self._waker.wake()
+        self._thread.join(timeout=10)
+        with self._cond:
+            self._cond.notify_all()
+        self._close_context()
+        self._thread = None
+
+    def _close_context(self) -> None:
+        if getattr(self, "_auth", None) is not None:
+            self._auth.stop()
+            self._auth = None
+        self._ctx.destroy(linger=0)
+
+    def __enter__(self) -> "LearnerServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------------------------- the learner's side
+    def take_groups(self, n: int, timeout_s: float) -> list[RolloutGroup]:
+        """Up to `n` groups for training, waiting up to `timeout_s` for them. Groups staler than max_staleness at
+        the current version are dropped (counted) on the way. Mark them trained (or dropped) afterwards."""
+        deadline = time.monotonic() + timeout_s
+        out: list[RolloutGroup] = []
+        with self._cond:
+            while True:
+                out += self.coordinator.take(n - len(out))
+                remaining = deadline - time.monotonic()
+                if len(out) >= n or remaining <= 0 or self._thread is None:
+                    break
+                # wake up once that many are buffered, not at every group (one consumer thread)
+                self._wanted = min(n - len(out), self.coordinator.max_buffered_groups)
+                self._cond.wait(remaining)
+            self._wanted = 0
+        self._poke()  # stale drops may have re-opened admission for parked lease requests
+        return out
+
+    def allow_version(self, version: int) -> None:
+        """Weights `version` are about to leave the learner: from now on accept groups whose spans name it.
+        Call it before broadcasting the weights and `set_version` after, so that an actor fast enough to use the
+        new weights before `set_version` is not taken for a forger."""
+        with self._lock:
+            self.coordinator.allow_version(version)
+
+    def set_version(self, version: int) -> None:
+        """Weights `version` are published: widen admission (by groups_per_step per version), make it the
+        staleness reference, and announce it to every actor."""
+        with self._lock:
+            self.coordinator.set_version(version)
+            self._announce = version
+        self._poke()
+
+    def mark_trained(self, groups: list[RolloutGroup]) -> None:
+        with self._lock:
+            self.coordinator.mark_trained(groups)
+        self._poke()
+
+    def mark_dropped(self, groups: list[RolloutGroup], reason: str) -> None:
+        """Taken groups the learner decided not to train on (e.g. a filter); counted under `reason`."""
+        with self._lock:
+            self.coordinator.mark_dropped(groups, reason)
+        self._poke()
+
+    def live_actor_ids(self) -> list[str]:
+        with self._lock:
+            return self.coordinator.live_actor_ids()
+
+    def actors(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return self.coordinator.actors()
+
+    def counters(self) -> dict[str, Any]:
+        """The coordinator's counters plus message-level ones (messages_received, messages_ok, replies_failed,
+        handshakes_failed, ...)."""
+        with self._lock:
+            out = self.coordinator.counters()
+        out.update(self.transport)
+        return out
+
+    def accounting(self) -> dict[str, Any]:
+        with self._lock:
+            return self.coordinator.accounting()
+
+    def state_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return self.coordinator.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with self._lock:
+            self.coordinator.load_state_dict(state)
+
+    def _poke(self) -> None:
+        if self._thread is not None:
+            self._waker.wake()
+
+    # ------------------------------------------------------------------------------------- socket thread
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        for s in (self._sock, self._waker.rx, self._monitor):
+            poller.register(s, zmq.POLLIN)
+        next_tick = 0.0
+        try:
+            while not self._stopping:
+                now = time.monotonic()
+                wait = max(0.0, min([next_tick - now] + [p.deadline - now for p in self._parked.values()]))
+                events = dict(poller.poll(wait * 1000))
+                if self._waker.rx in events:
+                    self._waker.drain()
+                if self._announce is not None:  # before any lease that the new version admitted
+                    self._broadcast_version()
+                if self._sock in events:
+                    for _ in range(512):  # then look at timers again
+                        try:
+                            frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._handle(frames)
+                if self._monitor in events:
+                    self._on_monitor()
+                now = time.monotonic()
+                if now >= next_tick:
+                    self._tick()
+                    next_tick = now + self._tick_s
+                if self._announce is not None:
+                    self._broadcast_version()
+                if self._parked:
+                    self._serve_parked(now)
+        except Exception:  # the thread must never die silently
+            log.exception("learner server thread failed; actors will time out")
+            raise
+        finally:
+            self._monitor.close(linger=0)
+            self._sock.close(linger=0)
+            self._waker.close()
+
+    def _tick(self) -> None:
+        with self._lock:
+            events = self.coordinator.tick()
+        for actor_id in events["dead"]:
+            log.warning("actor %s silent for > %.1f s: declared dead, its leases are re-issued", actor_id,
+                        self.coordinator.heartbeat_timeout_s)
+            self._forget(actor_id)
+        if events["expired"]:
+            log.info("%d lease(s) expired and go back to the queue", len(events["expired"]))
+
+    def _forget(self, actor_id: str) -> None:
+        routing = self._routes.pop(actor_id, None)
+        if routing is not None:
+            self._peers.pop(routing, None)
+            self._parked.pop(routing, None)
+
+    def _on_monitor(self) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.transport["handshakes_ok"] += 1
+            else:
+                self.transport["handshakes_failed"] += 1
+                self._warn.warn("handshake", "a client failed the security handshake (no key, unauthorised key "
+                                             "or wrong server key) and was refused")
+
+    def _send(self, routing: bytes, msg: Any) -> bool:
+        frames = encode(msg, frame_threshold=self.frame_threshold)
+        try:
+            # copy=False: large headers go without a copy (pyzmq still copies frames under 64 KiB)
+            self._sock.send_multipart([routing, *frames], flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.ZMQError as err:
+            # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY); EAGAIN: its queue is full. Either way the actor
+            # resends whatever it still needs.
+            self.transport["replies_failed"] += 1
+            if err.errno == zmq.EHOSTUNREACH:
+                actor_id = self._peers.pop(routing, None)
+                if actor_id is not None and self._routes.get(actor_id) == routing:
+                    del self._routes[actor_id]
+            return False
+
+    # ------------------------------------------------------------------------------------ message handling
+    def _handle(self, frames: list) -> None:
+        routing, body = frames[0].bytes, frames[1:]
+        self.transport["messages_received"] += 1
+        actor_id = self._peers.get(routing)
+        try:
+            msg = decode(body, limits=self.limits, accept=TO_LEARNER)
+            self.transport[f"received_{type(msg).TYPE}"] += 1
+            if isinstance(msg, Register):
+                self._on_register(routing, msg, peer_address(body[0]))
+            else:
+                with self._lock:
+                    alive = actor_id is not None and self.coordinator.is_alive(actor_id)
+                    if alive:
+                        self.coordinator.touch(actor_id)
+                if not alive:
+                    raise ProtocolError("not_registered", "this connection is not registered (or was declared "
+                                                          "dead): send register, then resend",
+                                        ref=getattr(msg, "group_id", ""), msg_type=type(msg).TYPE,
+                                        rid=getattr(msg, "rid", 0))
+                if isinstance(msg, RolloutGroup):
+                    self._on_group(routing, actor_id, msg)
+                elif isinstance(msg, LeaseRequest):
+                    self._on_lease_request(routing, actor_id, msg)
+                elif isinstance(msg, Heartbeat):
+                    with self._lock:
+                        self.coordinator.heartbeat(actor_id, msg.version, msg.stats, msg.unacked)
+                        version = self.coordinator.version
+                    self._send(routing, HeartbeatAck(version, self.session, rid=msg.rid))
+                elif isinstance(msg, Goodbye):
+                    with self._lock:
+                        self.coordinator.return_leases(actor_id, msg.return_leases)
+                        returned = self.coordinator.goodbye(actor_id)
+                    self._forget(actor_id)
+                    log.info("actor %s left (%s); %d lease(s) go back to the queue", actor_id, msg.reason or "goodbye",
+                             len(returned))
+            self.transport["messages_ok"] += 1
+        except ProtocolError as err:
+            self._reject(routing, actor_id, body, err)
+        except Exception as err:  # a bug must cost one message, never the server
+            self.transport["internal_errors"] += 1
+            with self._lock:
+                self.coordinator.count_rejected("internal", False)
+            log.exception("internal error handling a message from %s", actor_id or routing.hex())
+            self._send(routing, ErrorReply("internal", f"{type(err).__name__} in the learner; resend later"))
+
+    def _reject(self, routing: bytes, actor_id: Optional[str], body: list, err: ProtocolError) -> None:
+        with self._lock:
+            self.coordinator.count_rejected(err.code, err.msg_type == "rollout_group")
+        sender = actor_id or f"unregistered peer {routing.hex()}"
+        address = peer_address(body[0]) if body else ""
+        self._warn.warn(err.code, f"rejected {err.msg_type or 'message'} from {sender}"
+                                  f"{' at ' + address if address else ''}: {err}")
+        self._send(routing, ErrorReply(err.code, err.message[:4000], ref=err.ref, rid=err.rid))
+
+    def _on_register(self, routing: bytes, msg: Register, address: str) -> None:
+        with self._lock:
+            requested = msg.actor_id
+            previous = self._peers.get(routing)
+            if previous is not None and self.coordinator.instance_of(previous) == msg.instance:
+                requested = previous  # the same process registering again on the same connection
+            elif previous is not None:  # another process behind the same routing id: the old one left
+                self.coordinator.goodbye(previous)
+                self._forget(previous)
+            info = dict(msg.capabilities, address=address) if address else dict(msg.capabilities)
+            actor_id = self.coordinator.register(requested, msg.instance, msg.engine, info)
+            version = self.coordinator.version
+        old = self._routes.get(actor_id)
+        if old is not None and old != routing:  # a reconnect from a new socket: forget the old connection
+            self._peers.pop(old, None)
+            self._parked.pop(old, None)
+        self._peers[routing], self._routes[actor_id] = actor_id, routing
+        log.info("actor %s registered (engine %s%s)", actor_id, msg.engine, f", {address}" if address else "")
+        self._send(routing, Welcome(
+            actor_id=actor_id, session=self.session, version=version, config=self._config,
+            model_files=self._model_files if msg.want_files else {}, weight_store=self._weight_store,
+            heartbeat_interval_s=self.heartbeat_interval_s, lease_timeout_s=self.coordinator.lease_timeout_s,
+            limits=self.limits, rid=msg.rid))
+
+    def _on_group(self, routing: bytes, actor_id: str, group: RolloutGroup) -> None:
+        with self._lock:
+            allowed = self.coordinator.allowed_version
+        check_group(group, self.limits, allowed)  # the ceiling only grows, so a pass stays a pass
+        with self._lock:
+            status = self.coordinator.offer(actor_id, group)
+            if status == "accepted" and self.coordinator.buffered >= self._wanted:
+                self._cond.notify_all()
+        self._send(routing, Ack(group.group_id, status, self.retry_after_s if status == "retry_later" else 0.0))
+
+    def _on_lease_request(self, routing: bytes, actor_id: str, req: LeaseRequest) -> None:
+        with self._lock:
+            if req.returned:
+                self.coordinator.return_leases(actor_id, req.returned)
+        held = self._parked.pop(routing, None)
+        if held is not None:  # a new request replaces a held one, which still gets its (empty) answer
+            self._send(routing, self._lease_reply([], "admission", held.rid))
+        n = min(req.n, self.limits.max_lease_prompts)
+        if n == 0 or not self._grant(routing, actor_id, req.rid, n, final=req.wait_s <= 0):
+            if n:
+                self._parked[routing] = _Parked(actor_id, req.rid, n, time.monotonic() + req.wait_s)
+            else:
+                self._send(routing, self._lease_reply([], "", req.rid))
+
+    def _grant(self, routing: bytes, actor_id: str, rid: int, n: int, final: bool) -> bool:
+        """Lease up to n prompts and reply; with nothing to grant, reply only if `final` or exhausted."""
+        with self._lock:
+            prompts, reason = self.coordinator.lease(actor_id, n)
+        if not prompts and not final and reason != "exhausted":
+            return False
+        if not self._send(routing, self._lease_reply(prompts, reason, rid)) and prompts:
+            with self._lock:  # undeliverable: the prompts go back at once instead of waiting for the timeout
+                self.coordinator.return_leases(actor_id, [p.prompt_id for p in prompts])
+        return True
+
+    def _lease_reply(self, prompts: list, reason: str, rid: int) -> Lease:
+        return Lease([PromptLease(p.prompt_id, p.tokens, p.answer, p.meta) for p in prompts],
+                     expires_in_s=self.coordinator.lease_timeout_s, version=self.coordinator.version,
+                     reason=reason, rid=rid)
+
+    def _serve_parked(self, now: float) -> None:
+        for routing, p in list(self._parked.items()):
+            if self._grant(routing, p.actor_id, p.rid, p.n, final=now >= p.deadline):
+                del self._parked[routing]
+
+    def _broadcast_version(self) -> None:
+        with self._lock:
+            version, self._announce = self._announce, None
+        for routing in list(self._peers):
+            self._send(routing, WeightVersion(version, self.session))

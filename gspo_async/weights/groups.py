@@ -1,0 +1,107 @@
+"""Stand-alone process groups (gloo or NCCL) built on a shared store, and bounded waits on their work.
+
+The groups are never registered as torch.distributed's default group, so the learner keeps that one
+free (DeepSpeed uses it), and a group can be thrown away (`abort`) and rebuilt under a new store
+prefix whenever the set of actors changes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+BACKENDS = ("gloo", "nccl")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+NCCL_ERROR_HANDLING = "TORCH_NCCL_ASYNC_ERROR_HANDLING"
+
+
+def check_backend(backend: str, device: torch.device | str) -> torch.device:
+    """Validate a (backend, device) pair and return the device; NCCL needs CUDA, gloo uses the CPU."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    device = torch.device(device)
+    if backend == "gloo" and device.type != "cpu":
+        raise ValueError(f"the gloo backend stages weights on the CPU; pass device='cpu', not {device}")
+    if backend == "nccl":
+        if device.type != "cuda":
+            raise ValueError(f"the nccl backend needs a CUDA device such as 'cuda:0', got {device}")
+        if getattr(dist, "ProcessGroupNCCL", None) is None or not torch.cuda.is_available():
+            raise RuntimeError("backend='nccl' needs a CUDA build of torch and a visible GPU; use backend='gloo'")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def make_group(backend: str, store: dist.Store, rank: int, size: int, timeout_s: float,
+               device: torch.device, bind_host: str | None = None) -> dist.ProcessGroup:
+    """Build a group of `size` ranks over `store` (usually a PrefixStore unique to one generation).
+
+    Blocks until every rank has joined or `timeout_s` passed (then raises DistStoreError).
+    `bind_host` is the address gloo listens on; None lets gloo pick from the hostname
+    (GLOO_SOCKET_IFNAME overrides).
+    """
+    timeout = timedelta(seconds=timeout_s)
+    if backend == "gloo":
+        opts = dist.ProcessGroupGloo._Options()
+        opts._timeout = timeout
+        gloo = dist.ProcessGroupGloo
+        opts._devices = [gloo.create_device(hostname=bind_host) if bind_host else gloo.create_default_device()]
+        return gloo(store, rank, size, opts)
+    # NCCL (not exercised on CPU-only machines): the same store/prefix rendezvous; connect eagerly so
+    # that a missing peer shows up here rather than inside the first broadcast. The constructor reads
+    # TORCH_NCCL_ASYNC_ERROR_HANDLING; its default lets the watchdog kill the process on a timed-out
+    # collective, so this group alone gets 2 (abort the communicator, keep the process): a dead actor
+    # must cost one failed round, not the learner.
+    torch.cuda.set_device(device)
+    opts = dist.ProcessGroupNCCL.Options()
+    opts._timeout = timeout
+    previous = os.environ.get(NCCL_ERROR_HANDLING)
+    os.environ[NCCL_ERROR_HANDLING] = "2"
+    try:
+        group = dist.ProcessGroupNCCL(store, rank, size, opts)
+    finally:
+        if previous is None:
+            os.environ.pop(NCCL_ERROR_HANDLING)
+        else:
+            os.environ[NCCL_ERROR_HANDLING] = previous
+    group.eager_connect_single_device(device)
+    return group
+
+
+def broadcast(group: dist.ProcessGroup, tensor: torch.Tensor) -> dist.Work:
+    """Start an asynchronous broadcast of `tensor` from rank 0 of `group`."""
+    opts = dist.BroadcastOptions()
+    opts.rootRank = 0
+    opts.rootTensor = 0
+    return group.broadcast([tensor], opts)
+
+
+def wait_work(work: dist.Work, timeout_s: float, backend: str) -> None:
+    """Wait for `work` at most `timeout_s` seconds; raise TimeoutError or the transport's error.
+
+    gloo honours the timeout in `wait`. NCCL's `wait` only orders CUDA streams, so completion is
+    polled instead, which keeps the bound on the host side too.
+    """
+    if backend == "gloo":
+        work.wait(timedelta(seconds=max(timeout_s, 1e-3)))
+        return
+    deadline = time.monotonic() + timeout_s
+    while not work.is_completed():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"NCCL broadcast did not complete within {timeout_s:.1f}s")
+        time.sleep(1e-3)
+    work.wait()  # re-raises an error the collective ended with
+
+
+def abort_group(group: dist.ProcessGroup | None) -> None:
+    """Abort `group` so that peers blocked in one of its collectives fail instead of waiting."""
+    if group is None:
+        return
+    try:
+        group.abort()
+    except RuntimeError:
+        pass  # already broken: nothing left to unblock

@@ -1,0 +1,229 @@
+"""Weight sync between real processes over real gloo groups on 127.0.0.1."""
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from gspo_async.weights.buckets import state_checksum
+from gspo_async.weights.elastic import WeightPublisher, WeightSubscriber
+
+TIMEOUT_S = 4.0
+SCRIPT = Path(__file__).with_name("receiver_proc.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def model_weights(seed: int) -> dict[str, torch.Tensor]:
+    """About 3 MB over several dtypes; with 512 KiB buckets that is a few buckets per dtype."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "embed.weight": torch.randn(1000, 256, generator=g),
+        "block.ln.weight": torch.randn(256, generator=g).to(torch.bfloat16),
+        "block.mlp.weight": torch.randn(1024, 256, generator=g).to(torch.bfloat16),
+        "block.attn.weight": torch.randn(256, 256, generator=g),
+        "head.bias": torch.randn(1000, generator=g).to(torch.float16),
+        "position_ids": torch.arange(512),
+    }
+
+
+class Receiver:
+    """A receiving actor process; its JSON events are read by a thread into a queue."""
+
+    def __init__(self, port: int, actor_id: str):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        self.actor_id = actor_id
+        self.proc = subprocess.Popen([sys.executable, str(SCRIPT), "127.0.0.1", str(port), actor_id, str(TIMEOUT_S)],
+                                     stdout=subprocess.PIPE, text=True, env=env)
+        self.events: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.events.put(json.loads(line))
+
+    def next_event(self, timeout_s: float = 30.0) -> dict:
+        try:
+            return self.events.get(timeout=timeout_s)
+        except queue.Empty:
+            pytest.fail(f"receiver {self.actor_id} said nothing for {timeout_s}s (exit code {self.proc.poll()})")
+
+    def until_received(self, version: int) -> dict:
+        """Skip failure reports; return the event for `version` (a later version is an error)."""
+        while True:
+            event = self.next_event()
+            if event["event"] == "received":
+                assert event["version"] == version, f"{self.actor_id} got {event['version']}, expected {version}"
+                return event
+            assert event["event"] == "failed", event
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def publisher():
+    pub = WeightPublisher("127.0.0.1", 0, timeout_s=TIMEOUT_S, bucket_bytes=512 * 1024)
+    yield pub
+    pub.close()
+
+
+@pytest.fixture
+def start(publisher):
+    started: list[Receiver] = []
+
+    def start_receivers(*actor_ids: str) -> list[Receiver]:
+        receivers = [Receiver(publisher.port, a) for a in actor_ids]
+        for r in receivers:
+            assert r.next_event(60) == {"event": "started"}
+        started.extend(receivers)
+        return receivers
+
+    yield start_receivers
+    for r in started:
+        r.kill()
+
+
+def test_two_receivers_get_bitwise_equal_weights(publisher, start):
+    a, b = start("A", "B")
+    for version in (1, 2, 3):
+        weights = model_weights(seed=version)
+        result = publisher.publish(weights, version, ["A", "B"], checksum=True)
+        assert result.ok, result.error
+        assert result.checksum == state_checksum(weights)
+        assert result.nbytes == sum(t.numel() * t.element_size() for t in weights.values())
+        assert result.gen == 1  # same members: the group is reused
+        for r in (a, b):
+            event = r.until_received(version)
+            assert event["checksum"] == result.checksum and event["gen"] == 1
+
+
+def test_member_joining_later_gets_the_full_weights(publisher, start):
+    (a,) = start("A")
+    assert publisher.publish(model_weights(1), 1, ["A"]).ok
+    a.until_received(1)
+    (c,) = start("C")
+    weights = model_weights(2)
+    result = publisher.publish(weights, 2, ["A", "C"], checksum=True)
+    assert result.ok, result.error
+    assert result.gen == 2 and result.group_seconds > 0
+    first = c.next_event()
+    assert first["event"] == "received" and first["version"] == 2  # its very first round is a complete version
+    assert first["checksum"] == a.until_received(2)["checksum"] == state_checksum(weights)
+
+
+def test_receiver_outside_the_member_list_is_skipped(publisher, start):
+    a, b = start("A", "B")
+    assert publisher.publish(model_weights(1), 1, ["A"]).ok
+    assert a.until_received(1)
+    assert publisher.publish({}, 2, []).ok
+    weights = model_weights(3)
+    assert publisher.publish(weights, 3, ["A", "B"]).ok
+    first = b.next_event()
+    assert first["event"] == "received" and first["version"] == 3  # rounds 1 and 2 never reached B
+    assert first["checksum"] == state_checksum(weights)
+    assert a.until_received(3)["checksum"] == first["checksum"]
+
+
+def test_killed_member_fails_the_round_and_survivors_go_on(publisher, start):
+    a, b = start("A", "B")
+    assert publisher.publish(model_weights(1), 1, ["A", "B"]).ok
+    a.until_received(1), b.until_received(1)
+    b.kill()
+    t0 = time.monotonic()
+    failed = publisher.publish(model_weights(2), 2, ["A", "B"])
+    assert not failed.ok and failed.error
+    assert time.monotonic() - t0 < 2 * TIMEOUT_S + 1
+    weights = model_weights(3)
+    result = publisher.publish(weights, 3, ["A"], checksum=True)
+    assert result.ok, result.error
+    assert result.gen == 2  # a new generation without B
+    assert a.until_received(3)["checksum"] == result.checksum
+
+
+def test_member_killed_while_the_group_forms(publisher, start):
+    a, b = start("A", "B")
+    assert publisher.publish(model_weights(1), 1, ["A"]).ok
+    a.until_received(1)
+    watcher_store = dist.TCPStore("127.0.0.1", publisher.port, None, False, timedelta(seconds=30))
+
+    def kill_b_when_ready() -> None:  # round 2 forms a new group; B dies right after saying it is ready
+        watcher_store.wait(["sync/2/ready/B"])
+        os.kill(b.proc.pid, signal.SIGKILL)
+
+    watcher = threading.Thread(target=kill_b_when_ready)
+    watcher.start()
+    t0 = time.monotonic()
+    failed = publisher.publish(model_weights(2), 2, ["A", "B"])
+    elapsed = time.monotonic() - t0
+    watcher.join(timeout=10)
+    assert not failed.ok and b.proc.wait(timeout=10) == -signal.SIGKILL
+    assert elapsed < 3 * TIMEOUT_S + 1, f"a dead member held the learner for {elapsed:.1f}s"
+    weights = model_weights(3)
+    result = publisher.publish(weights, 3, ["A"], checksum=True)
+    assert result.ok, result.error
+    assert a.until_received(3)["checksum"] == result.checksum
+
+
+def test_hung_member_times_out_instead_of_hanging(publisher, start):
+    a, b = start("A", "B")
+    assert publisher.publish(model_weights(1), 1, ["A", "B"]).ok
+    a.until_received(1), b.until_received(1)
+    os.kill(b.proc.pid, signal.SIGSTOP)  # alive and connected, but never reads
+    try:
+        t0 = time.monotonic()
+        failed = publisher.publish(model_weights(2), 2, ["A", "B"])
+        elapsed = time.monotonic() - t0
+    finally:
+        b.kill()
+    assert not failed.ok
+    assert elapsed < 2 * TIMEOUT_S + 1, f"a stuck member held the learner for {elapsed:.1f}s"
+    weights = model_weights(3)
+    result = publisher.publish(weights, 3, ["A"], checksum=True)
+    assert result.ok, result.error
+    assert a.until_received(3)["checksum"] == result.checksum  # A may or may not have completed round 2
+
+
+def test_closing_the_learner_ends_receivers(publisher, start):
+    a, b = start("A", "B")
+    assert publisher.publish(model_weights(1), 1, ["A"]).ok  # A is told about the close; B finds the store gone
+    a.until_received(1)
+    publisher.close()
+    for r in (a, b):
+        assert r.next_event() == {"event": "closed"}
+        assert r.proc.wait(timeout=10) == 0
+
+
+def test_empty_member_list_is_a_cheap_no_op(publisher):
+    subscriber = WeightSubscriber("127.0.0.1", publisher.port, "A", timeout_s=TIMEOUT_S)
+    try:
+        result = publisher.publish(model_weights(0), 7, [])
+        assert result.ok and result.nbytes == 0 and result.members == [] and result.seconds < 0.5
+        assert subscriber.start_after() == result.seq == 1
+        client = dist.TCPStore("127.0.0.1", publisher.port, None, False, timedelta(seconds=5))
+        assert json.loads(client.get(f"sync/{result.seq}"))["version"] == 7
+    finally:
+        assert subscriber.close()
+
+
+def test_bad_arguments_are_named(publisher):
+    with pytest.raises(ValueError, match="unique"):
+        publisher.publish({}, 1, ["A", "A"])
+    with pytest.raises(ValueError, match="version"):
+        publisher.publish({}, -1, [])
+    with pytest.raises(ValueError, match="actor id"):
+        publisher.publish({}, 1, ["a/b"])
+    with pytest.raises(ValueError, match="timeout_s"):
+        WeightPublisher(timeout_s=0, bucket_bytes=10)
+    with pytest.raises(ValueError, match="bucket_bytes"):
+        WeightPublisher(timeout_s=1, bucket_bytes=0)

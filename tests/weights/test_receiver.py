@@ -1,0 +1,63 @@
+"""The background receiving thread, with the learner side in the same process (two gloo ranks, one process)."""
+
+import time
+
+import pytest
+import torch
+
+from gspo_async.weights.apply import apply_to_module, named_weights
+from gspo_async.weights.elastic import WeightPublisher, WeightSubscriber
+from gspo_async.weights.receiver import WeightReceiverThread
+
+
+def tiny_model(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Embedding(50, 16), torch.nn.Linear(16, 32), torch.nn.LayerNorm(32),
+                               torch.nn.Linear(32, 50))
+
+
+@pytest.fixture
+def publisher():
+    pub = WeightPublisher("127.0.0.1", 0, timeout_s=3.0, bucket_bytes=2048)
+    yield pub
+    pub.close()
+
+
+def test_thread_receives_newest_version_and_applies_it(publisher):
+    learner, actor = tiny_model(0), tiny_model(1)
+    receiver = WeightReceiverThread(WeightSubscriber("127.0.0.1", publisher.port, "A", timeout_s=3.0)).start()
+    try:
+        for version in (1, 2):
+            with torch.no_grad():
+                learner[1].weight.add_(1.0)
+            result = publisher.publish(named_weights(learner), version, ["A"], checksum=True)
+            assert result.ok, result.error
+        got = receiver.wait(timeout_s=10)
+        if got.version == 1:  # version 2 may not have been taken yet
+            got = receiver.wait(timeout_s=10)
+        assert got.version == 2 and got.checksum == result.checksum and receiver.received == 2
+        assert receiver.take() is None  # taken versions are gone
+        apply_to_module(actor, got)
+        for (name, p), (_, q) in zip(learner.named_parameters(), actor.named_parameters()):
+            assert torch.equal(p, q), name
+    finally:
+        t0 = time.monotonic()
+        receiver.stop()
+        assert time.monotonic() - t0 < 3.0  # stop does not wait for a round that never comes
+    assert not receiver.is_alive() and receiver.error is None
+
+
+def test_thread_reports_a_vanished_learner(publisher):
+    receiver = WeightReceiverThread(WeightSubscriber("127.0.0.1", publisher.port, "A", timeout_s=3.0)).start()
+    publisher.close()
+    assert receiver.wait(timeout_s=10) is None
+    assert isinstance(receiver.error, ConnectionError)
+    receiver.stop()
+    assert not receiver.is_alive()
+
+
+def test_receive_refuses_a_second_thread_and_use_after_close(publisher):
+    subscriber = WeightSubscriber("127.0.0.1", publisher.port, "A", timeout_s=3.0)
+    assert subscriber.close()
+    with pytest.raises(RuntimeError, match="after close"):
+        subscriber.receive()

@@ -236,6 +236,12 @@ class Config(_Section):
         if self.reward_shift and self.reward_scale:
             raise ValueError("reward_shift and reward_scale are exclusive: shift subtracts the mean only, scale "
                              "divides by the std only; set at most one (or neither for full normalisation)")
+        if self.adv_estimator == "grpo" and self.reward_norm in ("batch", "running"):
+            raise ValueError(f"adv_estimator: grpo normalises rewards per group; reward_norm: {self.reward_norm} "
+                             "conflicts with it (use reward_norm: null or group, or adv_estimator: reinforce)")
+        if (self.reward_shift or self.reward_scale) and self.reward_norm is None and self.adv_estimator != "grpo":
+            raise ValueError("reward_shift / reward_scale modify a normalisation: set reward_norm (batch, group or "
+                             "running) too, or leave them false")
         if self.off_policy.rejection and self.off_policy.rejection.low >= self.off_policy.rejection.high:
             raise ValueError("off_policy.rejection.low must be below off_policy.rejection.high")
         if self.use_kl_loss and self.kl_loss_coef == 0:

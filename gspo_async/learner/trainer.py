@@ -23,8 +23,12 @@ from gspo_async.learner.batch import TrainBatch, collate_groups
 from gspo_async.learner.engines.base import LearnerEngine
 from gspo_async.protocol.messages import RolloutGroup
 
-# Metrics averaged over micro-batches weighted by their valid token counts; the rest are maxima.
+# How per-micro-batch metrics combine into one step's value: maxima; sums (each call's loss is already its share
+# of the mini-batch's global denominator, so summing over micro-batches and averaging over mini-batches gives the
+# loss); sequence-weighted means (per-sequence quantities); every other metric is a token-weighted mean.
 _MAX_METRICS = ("ratio_max", "is_weight_max")
+_SUM_METRICS = ("pg_loss", "kl_loss")
+_SEQ_METRICS = ("clipfrac_seq", "is_weight_mean")
 
 
 def response_logprobs(model: torch.nn.Module, batch: TrainBatch, *, temperature: float, chunk_size: int = 1024,
@@ -100,7 +104,7 @@ class Trainer:
             train_mask = mask & keep[:, None]
 
         advantages = compute_advantages(
-            batch.rewards, mask, group_size=batch.group_size, adv_estimator=cfg.adv_estimator,
+            batch.rewards, train_mask, group_size=batch.group_size, adv_estimator=cfg.adv_estimator,
             reward_norm=cfg.reward_norm, reward_shift=cfg.reward_shift, reward_scale=cfg.reward_scale,
             reward_clip=cfg.reward_clip, add_token_level_kl=cfg.add_token_level_kl,
             token_kl_coef=cfg.token_level_kl_coef, old_logprobs=old, ref_logprobs=ref,
@@ -116,7 +120,8 @@ class Trainer:
         model.train()
         sums: dict[str, float] = {}
         maxima: dict[str, float] = {}
-        weight_total = 0.0
+        totals: dict[str, float] = {}
+        weight_total = seq_total = 0.0
         grad_norms, losses = [], []
         B = batch.num_sequences
         for _ in range(cfg.ppo_epochs):
@@ -142,18 +147,31 @@ class Trainer:
                     self.engine.backward(loss)
                     mini_loss += float(loss.detach())
                     w = float(m.sum())
+                    n_seq = float((m.sum(1) > 0).sum())
                     weight_total += w
+                    seq_total += n_seq
                     metrics["entropy"] = float((entropy.detach() * m).sum() / max(w, 1.0))
+                    seq_ratio = cfg.importance_sampling == "seq"
                     for k, v in metrics.items():
+                        if k in ("tokens", "seqs"):
+                            continue
                         if k in _MAX_METRICS:
                             maxima[k] = max(maxima.get(k, float("-inf")), v)
+                        elif k in _SUM_METRICS:
+                            totals[k] = totals.get(k, 0.0) + v
+                        elif k in _SEQ_METRICS or (seq_ratio and k == "ratio_mean"):
+                            sums[k] = sums.get(k, 0.0) + v * n_seq
+                            sums.setdefault("_seq:" + k, 0.0)
                         else:
                             sums[k] = sums.get(k, 0.0) + v * w
                 grad_norms.append(self.engine.step())
                 losses.append(mini_loss)
 
-        out = {f"train/{k}": v / max(weight_total, 1.0) for k, v in sums.items()}
+        n_steps = max(cfg.ppo_epochs * cfg.optim.num_mini_batches, 1)
+        out = {f"train/{k}": v / max(seq_total if "_seq:" + k in sums else weight_total, 1.0)
+               for k, v in sums.items() if not k.startswith("_seq:")}
         out.update({f"train/{k}": v for k, v in maxima.items()})
+        out.update({f"train/{k}": v / n_steps for k, v in totals.items()})
         out["train/loss"] = sum(losses) / max(len(losses), 1)
         out["train/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
         out["train/lr"] = self.engine.lr()

@@ -122,6 +122,13 @@ class Actor:
         self.engine.apply_weights(received.tensors, received.version)
         self.stats["version"] = float(received.version)
         self.client.applied_version = received.version
+        if received.checksum is not None and hasattr(self.engine, "model"):
+            # CPU receivers already hash what arrived; hashing what the engine now holds proves the apply too.
+            from gspo_async.weights import named_weights, state_checksum
+
+            held = state_checksum(named_weights(self.engine.model))
+            print(f"[actor {self.actor_id}] applied version {received.version} checksum {held}"
+                  f"{'' if held == received.checksum else ' MISMATCH with received ' + received.checksum}", flush=True)
         return True
 
     # ----- the loop -----

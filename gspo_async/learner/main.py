@@ -323,7 +323,7 @@ class Learner:
         accs = [(h["step"] if "step" in h else h.get("train/step"), h["eval/accuracy"])
                 for h in self.history if "eval/accuracy" in h]
         summary = {"steps": self.step, "version": self.version, "seconds": elapsed,
-                   "eval_accuracy": accs, "accounting": self.server.counters(),
+                   "eval_accuracy": accs, "accounting": self.server.accounting(), "counters": self.server.counters(),
                    "start_accuracy": accs[0][1] if accs else None, "final_accuracy": accs[-1][1] if accs else None}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         print(f"[learner] done: {self.step} steps in {elapsed:.0f}s; held-out accuracy "

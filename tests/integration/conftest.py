@@ -1,0 +1,125 @@
+"""Real learner and actor processes on loopback, and the small tools to watch them without sleeping."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, procs: tuple = ()) -> object:
+    """Poll `predicate` until truthy; fail with `what` after `timeout_s` or if a watched process died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        for p in procs:
+            if p.poll() is not None:
+                raise AssertionError(f"{what}: process {p.args} exited with {p.returncode} first")
+        time.sleep(0.1)  # polling interval, not synchronisation: the condition is re-checked
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # a line being written
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny model and tokenizer with the quickstart's warm-up, built once: it must sometimes succeed, or every
+    group is constant, every advantage 0, and nothing trains."""
+    from gspo_async.models.tiny import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+class Cluster:
+    """Starts learner and actor processes for one test and cleans them up."""
+
+    def __init__(self, tmp: Path, model_dir: Path, overrides: list[str]):
+        self.tmp = tmp
+        self.run_dir = tmp / "run"
+        self.port = free_port()
+        self.store_port = free_port()
+        self.overrides = [f"model.path={model_dir}", f"run_dir={self.run_dir}", f"learner.port={self.port}",
+                          f"learner.weight_store_port={self.store_port}", "model.build_tiny_if_missing=false",
+                          *overrides]
+        self.procs: list[subprocess.Popen] = []
+        self.logs: dict[str, Path] = {}
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+
+    def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        log = self.tmp / f"{name}.log"
+        self.logs[name] = log
+        proc = subprocess.Popen([sys.executable, "-m", "gspo_async", *args], cwd=ROOT, env=self.env,
+                                stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def learner(self, *extra: str) -> subprocess.Popen:
+        return self._start("learner", ["learner", str(ROOT / "configs/quickstart.yaml"), *self.overrides, *extra])
+
+    def actor(self, actor_id: str) -> subprocess.Popen:
+        return self._start(actor_id, ["actor", "--learner", f"127.0.0.1:{self.port}", "--id", actor_id])
+
+    def log(self, name: str) -> str:
+        return self.logs[name].read_text(errors="replace") if name in self.logs else ""
+
+    def metrics(self) -> list[dict]:
+        return read_jsonl(self.run_dir / "metrics.jsonl")
+
+    def trained_steps(self) -> int:
+        return max((int(r.get("step", 0)) for r in self.metrics()), default=0)
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def dump_logs(self) -> str:
+        return "\n".join(f"===== {n}\n{self.log(n)[-3000:]}" for n in self.logs)
+
+
+@pytest.fixture
+def cluster_factory(tmp_path, tiny_model_dir):
+    made: list[Cluster] = []
+
+    def make(overrides: list[str]) -> Cluster:
+        c = Cluster(tmp_path, tiny_model_dir, overrides)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.stop_all()

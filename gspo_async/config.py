@@ -242,6 +242,9 @@ class Config(_Section):
         if (self.reward_shift or self.reward_scale) and self.reward_norm is None and self.adv_estimator != "grpo":
             raise ValueError("reward_shift / reward_scale modify a normalisation: set reward_norm (batch, group or "
                              "running) too, or leave them false")
+        if self.learner.engine == "deepspeed" and self.learner.deepspeed.zero_stage == 3 and self.learner.eval_every:
+            raise ValueError("learner.engine: deepspeed with zero_stage 3 cannot evaluate on rank 0 alone (every "
+                             "forward needs all ranks): set learner.eval_every: 0 or use zero_stage 1 or 2")
         if self.off_policy.rejection and self.off_policy.rejection.low >= self.off_policy.rejection.high:
             raise ValueError("off_policy.rejection.low must be below off_policy.rejection.high")
         if self.use_kl_loss and self.kl_loss_coef == 0:

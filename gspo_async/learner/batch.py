@@ -21,6 +21,10 @@ import torch
 from gspo_async.protocol.messages import RolloutGroup
 
 
+_FIELDS = ("input_ids", "attention_mask", "response_start", "response_ids", "response_mask", "behaviour_logprobs",
+           "token_versions", "rewards")
+
+
 @dataclass
 class TrainBatch:
     input_ids: torch.Tensor
@@ -37,11 +41,13 @@ class TrainBatch:
     def num_sequences(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def to(self, device: torch.device | str) -> "TrainBatch":
+        """The same batch on `device` (the learner's model device)."""
+        return TrainBatch(*(getattr(self, f).to(device) for f in _FIELDS), group_size=self.group_size)
+
     def select(self, rows: torch.Tensor) -> "TrainBatch":
         """A sub-batch of the given rows (used for mini- and micro-batches)."""
-        return TrainBatch(*(getattr(self, f)[rows] for f in (
-            "input_ids", "attention_mask", "response_start", "response_ids", "response_mask",
-            "behaviour_logprobs", "token_versions", "rewards")), group_size=self.group_size)
+        return TrainBatch(*(getattr(self, f)[rows] for f in _FIELDS), group_size=self.group_size)
 
 
 def collate_groups(groups: list[RolloutGroup], pad_id: int) -> TrainBatch:

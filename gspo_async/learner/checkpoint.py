@@ -20,7 +20,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -59,9 +59,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(root: Path, *, step: int, version: int, model: torch.nn.Module, tokenizer: Any,
-                    trainer_state: dict[str, Any], state: dict[str, Any], keep: int) -> Path:
+                    trainer_state: dict[str, Any], state: dict[str, Any], keep: int,
+                    extra_writer: Optional[Callable[[Path], None]] = None) -> Path:
     """Write checkpoint `step` atomically under `root` and prune to the newest `keep`. Raises OSError on failure
-    (after removing the partial temporary directory); the previous checkpoints are untouched either way."""
+    (after removing the partial temporary directory); the previous checkpoints are untouched either way.
+    `extra_writer(tmp_dir)` adds engine-specific files (e.g. DeepSpeed's partitioned optimiser state) before the
+    directory is sealed."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
@@ -72,6 +75,8 @@ def save_checkpoint(root: Path, *, step: int, version: int, model: torch.nn.Modu
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / "model")
         torch.save({**trainer_state, "rng": rng_state()}, tmp / "trainer.pt")
+        if extra_writer is not None:
+            extra_writer(tmp)
         (tmp / "state.json").write_text(json.dumps({"step": step, "version": version, **state}))
         _fsync_tree(tmp)
         if final.exists():  # re-saving the same step (e.g. the final save after a periodic one)

@@ -95,14 +95,25 @@ def send_command(kind: str, payload: Any = None, src: int = 0) -> tuple[str, Any
 def broadcast_batch(groups: Optional[list[RolloutGroup]], src: int = 0) -> Optional[list[RolloutGroup]]:
     """Rank `src` sends the training batch's groups (None = stop) to every rank; every rank returns them.
 
-    On the other ranks the argument is ignored; a command other than train/stop there is an error (use
+    On the other ranks the argument is ignored, and a command other than train/stop is an error there (use
     :func:`follower_loop`, which handles every command).
     """
-    kind, payload = send_command(STOP if groups is None else TRAIN, groups, src) if dist.get_rank() == src \
-        else _exchange(None, src)
+    if dist.get_rank() == src:
+        return _exchange((STOP, None) if groups is None else (TRAIN, groups), src)[1]
+    kind, payload = _exchange(None, src)
     if kind not in (TRAIN, STOP):
         raise RuntimeError(f"expected a training batch or stop from rank {src}, got command {kind!r}")
-    return payload if kind == TRAIN else None
+    return payload
+
+
+def broadcast_object(obj: Any = None, src: int = 0) -> Any:
+    """Rank `src`'s `obj` (any picklable value) on every rank, e.g. the checkpoint directory all ranks resume
+    from. Use it only where no command is expected (before the followers enter :func:`follower_loop`)."""
+    if _command_group is None:
+        raise RuntimeError("call init_learner_distributed(cfg) on every rank before broadcasting")
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, group=_command_group)
+    return box[0]
 
 
 def announce_weights(src: int = 0) -> None:

@@ -71,6 +71,13 @@ class Learner:
         (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
         self.ckpt_root = self.run_dir / "checkpoints"
         ckpt = load_latest(self.ckpt_root) if resume else None
+        self.distributed = cfg.learner.engine == "deepspeed"
+        if self.distributed:  # rank 0 of a DeepSpeed learner: tell the followers which checkpoint to load
+            from gspo_async.learner.distributed import broadcast_object, init_learner_distributed
+
+            init_learner_distributed(cfg)
+            ensure_model(cfg)  # before the followers load it
+            broadcast_object(str(ckpt.path) if ckpt else None)
         if resume and ckpt is None:
             print(f"[learner] --resume: no checkpoint under {self.ckpt_root}; starting fresh", flush=True)
 
@@ -110,6 +117,8 @@ class Learner:
         if ckpt is not None:
             state = load_trainer_state(ckpt)
             self.engine.load_state_dict(state["engine"])
+            if self.distributed:
+                self.engine.load(ckpt.path / "deepspeed")
             self.trainer.running.load_state_dict(state["running"])
             set_rng_state(state["rng"])
             self.trainer.generator.set_state(state["generator"])
@@ -167,6 +176,10 @@ class Learner:
     def sync_weights(self, reason: str) -> None:
         """Broadcast the current weights to every live actor (a failure is logged; the next call rebuilds)."""
         members = sorted(self.server.live_actor_ids())
+        if self.distributed:  # every rank takes part in gathering (ZeRO-3) the weights
+            from gspo_async.learner.distributed import announce_weights
+
+            announce_weights()
         result = self.publisher.publish(list(self.engine.broadcast_tensors()), self.version, members)
         self.last_sync = {"weights/sync_s": result.seconds, "weights/bytes": float(result.nbytes)}
         if result.ok:
@@ -203,11 +216,18 @@ class Learner:
                                            "running": self.trainer.running.state_dict(),
                                            "generator": self.trainer.generator.get_state()},
                             state={"coordinator": self.server.state_dict(), "history": self.history},
-                            keep=self.cfg.learner.checkpoint.keep)
+                            keep=self.cfg.learner.checkpoint.keep, extra_writer=self._save_engine_files)
         except OSError as err:  # full disk, permissions: keep training, keep the previous checkpoint
             self.registry.inc("checkpoint/failures")
             print(f"[learner] checkpoint at step {self.step} failed ({err}); the previous one is intact. "
                   f"Free space under {self.ckpt_root} to resume saving.", flush=True)
+
+    def _save_engine_files(self, tmp: Path) -> None:
+        if self.distributed:  # DeepSpeed's partitioned optimiser state, written by every rank
+            from gspo_async.learner.distributed import announce_save
+
+            announce_save(tmp / "deepspeed")
+            self.engine.save(tmp / "deepspeed")
 
     def fleet_metrics(self) -> dict[str, float]:
         """Fleet-wide numbers from the coordinator; per-actor rows go to the registry directly."""
@@ -277,6 +297,10 @@ class Learner:
             for g, lag in zip(batch, lags):
                 self.registry.observe("staleness/hist", lag)
                 self.registry.observe("staleness/hist_tokens", lag, g.num_tokens)
+            if self.distributed:
+                from gspo_async.learner.distributed import broadcast_batch
+
+                broadcast_batch(batch)
             metrics = self.trainer.train_step(batch)
             self.step += 1
             self.version += 1
@@ -308,6 +332,10 @@ class Learner:
             if cfg.learner.checkpoint.every and self.step % cfg.learner.checkpoint.every == 0:
                 self.checkpoint()
         self.checkpoint()
+        if self.distributed:
+            from gspo_async.learner.distributed import broadcast_batch
+
+            broadcast_batch(None)  # release the follower ranks
         self._write_summary(time.time() - start)
         return 0
 
@@ -339,8 +367,45 @@ class Learner:
                     print(f"[learner] error while closing {type(part).__name__}: {err}", flush=True)
 
 
+def run_follower(cfg: Config) -> int:
+    """Ranks > 0 of a DeepSpeed learner: hold a share of the ZeRO state and follow rank 0's commands."""
+    from gspo_async.learner.checkpoint import load_trainer_state
+    from gspo_async.learner.distributed import broadcast_object, follower_loop
+    from gspo_async.learner.engines import build_engine
+    from gspo_async.learner.checkpoint import Checkpoint
+    from gspo_async.learner.trainer import Trainer
+    from gspo_async.models.loading import load_model_and_tokenizer
+
+    ckpt_path = broadcast_object(None)  # same order of collectives as rank 0's Learner.__init__
+    dtype = getattr(torch, cfg.model.dtype)
+    model, tokenizer = load_model_and_tokenizer(Path(ckpt_path) / "model" if ckpt_path else cfg.model.path,
+                                                dtype=dtype, device=cfg.learner.device)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    ref_model = None
+    if cfg.use_kl_loss or cfg.add_token_level_kl:
+        ref_model, _ = load_model_and_tokenizer(cfg.model.path, dtype=dtype, device=cfg.learner.device)
+        ref_model.requires_grad_(False)
+    engine = build_engine(cfg, model)
+    trainer = Trainer(cfg, engine, tokenizer.pad_token_id or 0, ref_model)
+    if ckpt_path:
+        state = load_trainer_state(Checkpoint(Path(ckpt_path), 0, 0, {}))
+        engine.load_state_dict(state["engine"])
+        engine.load(Path(ckpt_path) / "deepspeed")
+        trainer.running.load_state_dict(state["running"])
+        trainer.generator.set_state(state["generator"])
+    follower_loop(trainer, StopFlag().install())
+    return 0
+
+
 def run_learner(cfg: Config, resume: bool = False) -> int:
     setup_process(cfg.learner.threads)
+    if cfg.learner.engine == "deepspeed":
+        from gspo_async.learner.distributed import init_learner_distributed
+
+        rank, _ = init_learner_distributed(cfg)
+        if rank > 0:
+            return run_follower(cfg)
     learner = Learner(cfg, resume=resume)
     learner.stop.install()
     try:

@@ -42,15 +42,16 @@ def response_logprobs(model: torch.nn.Module, batch: TrainBatch, *, temperature:
     hidden = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state  # [B, L, H]
     B, T = batch.response_ids.shape
     # hidden at position p predicts token p + 1: response token t sits at start + t, so read start + t - 1.
-    pos = (batch.response_start[:, None] + torch.arange(T)[None, :] - 1).clamp(0, hidden.shape[1] - 1)
-    rows = torch.arange(B)[:, None].expand(B, T)
+    device = hidden.device
+    pos = (batch.response_start[:, None] + torch.arange(T, device=device)[None, :] - 1).clamp(0, hidden.shape[1] - 1)
+    rows = torch.arange(B, device=device)[:, None].expand(B, T)
     mask = batch.response_mask
     head = model.get_output_embeddings()
     lp, ent = token_logprobs_from_hidden(hidden[rows[mask], pos[mask]], head.weight, batch.response_ids[mask],
                                          bias=getattr(head, "bias", None), temperature=temperature,
                                          chunk_size=chunk_size, compute_entropy=compute_entropy)
-    logprobs = torch.zeros((B, T), dtype=lp.dtype).masked_scatter(mask, lp)
-    entropy = torch.zeros((B, T), dtype=ent.dtype).masked_scatter(mask, ent) if ent is not None else None
+    logprobs = torch.zeros((B, T), dtype=lp.dtype, device=device).masked_scatter(mask, lp)
+    entropy = torch.zeros((B, T), dtype=ent.dtype, device=device).masked_scatter(mask, ent) if ent is not None else None
     return logprobs, entropy
 
 
@@ -86,7 +87,7 @@ class Trainer:
         """Train on `groups` (``rollout_batch_size`` of them); returns metrics as ``train/...`` names."""
         cfg = self.cfg
         model = self.engine.model
-        batch = collate_groups(groups, self.pad_id)
+        batch = collate_groups(groups, self.pad_id).to(next(model.parameters()).device)
         mask = batch.response_mask
         need_prox = cfg.off_policy.correction in ("decoupled", "recompute")
         model.eval()  # no dropout while measuring pi_prox and pi_ref

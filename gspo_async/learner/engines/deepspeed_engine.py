@@ -16,6 +16,10 @@ Equal collectives. ZeRO-2/3 communicate in every backward (ZeRO-3 in every forwa
 the same number of passes: ranks with fewer micro-batches get a copy of one of theirs whose loss is multiplied by
 0 (its metrics are counted on that rank only; rank 0 never gets padding, as round-robin gives it the most).
 
+ZeRO-3. The trainer calls the base transformer and the output embedding itself rather than DeepSpeed's forward, so
+the engine hooks the base to do what that forward would (see :meth:`_before_forward`) and keeps the output
+embedding gathered (see :meth:`_gather_output_embedding`).
+
 CPU: fp32 over gloo. DeepSpeed's torch backend JIT-compiles a shared-memory all-reduce with g++ the first time
 a process group is wrapped on CPU (25-30 s and 1.5 GB of RAM on a fresh machine); gloo does not need it, so it is
 switched off before DeepSpeed touches the group. bf16 (via ``learner.deepspeed.extra``) is for CUDA only.
@@ -46,7 +50,8 @@ def _import_deepspeed(on_gpu: bool):
         raise ImportError("learner.engine: deepspeed needs the deepspeed package: pip install "
                           "'gspo-async[deepspeed]' (or set learner.engine: torch)") from err
     if not on_gpu:
-        # `import deepspeed.comm.torch` would return torch itself (deepspeed.comm re-exports the name `torch`).
+        # No g++ build of the shared-memory all-reduce (module docstring). `import deepspeed.comm.torch as m`
+        # would bind torch itself, because deepspeed.comm re-exports the name `torch`.
         importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     return deepspeed
 
@@ -59,7 +64,7 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def deepspeed_config(cfg, world_size: int, on_gpu: bool) -> dict[str, Any]:
+def deepspeed_config(cfg, on_gpu: bool) -> dict[str, Any]:
     """The DeepSpeed config for `cfg`: ZeRO stage, clipping, fp32 unless ``extra`` enables bf16 (CUDA only).
 
     Keys the engine owns (accumulation, optimiser, scheduler, ZeRO stage) may not be set in ``extra``.
@@ -69,7 +74,8 @@ def deepspeed_config(cfg, world_size: int, on_gpu: bool) -> dict[str, Any]:
     owned = {"gradient_accumulation_steps": "optim.micro_batch_size and optim.num_mini_batches",
              "train_batch_size": "rollout_batch_size", "train_micro_batch_size_per_gpu": "optim.micro_batch_size",
              "optimizer": "optim.*", "scheduler": "optim.schedule / optim.warmup_steps",
-             "gradient_clipping": "optim.grad_clip"}
+             "gradient_clipping": "optim.grad_clip",
+             "managed_gradient_accumulation": "engine.shard() (the engine sets the accumulation boundary)"}
     for key, where in owned.items():
         if key in extra:
             raise ValueError(f"learner.deepspeed.extra.{key} is set by the engine; use {where} instead")
@@ -109,13 +115,19 @@ class DeepSpeedEngine(LearnerEngine):
         self.bucket_bytes = int(cfg.learner.weight_sync.bucket_mb * 2**20)
         optimizer, self.scheduler = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
         self.ds, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=self.scheduler,
-                                                config=deepspeed_config(cfg, self.world_size, on_gpu))
+                                                config=deepspeed_config(cfg, on_gpu))
         self.model = self.ds.module
         # The trainer runs the base transformer, not DeepSpeed's forward: do what that forward does first.
         base = getattr(self.model, self.model.base_model_prefix, self.model)
         base.register_forward_pre_hook(self._before_forward, prepend=True)
         if self.zero_stage == 3:
-            self._keep_output_embedding_whole()
+            from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+            self._not_available = ZeroParamStatus.NOT_AVAILABLE
+            self._head_params = list(self.model.get_output_embeddings().parameters())
+            for p in self._head_params:
+                p.ds_persist = True
+            base.register_forward_hook(self._gather_output_embedding)
         self._passes = 0  # backward passes of the current mini-batch on this rank (same on every rank)
         self._real = 0  # of which the first `_real` are this rank's own micro-batches, the rest padding
         self._done = 0
@@ -130,18 +142,16 @@ class DeepSpeedEngine(LearnerEngine):
         if self.zero_stage == 3:
             optimizer.parameter_offload.get_param_coordinator().reset_step()
 
-    def _keep_output_embedding_whole(self) -> None:
-        """ZeRO-3 gathers a parameter only inside the forward of the module that owns it, but the trainer
-        multiplies hidden states by the output embedding directly (chunked log-softmax, never the [tokens x vocab]
-        logits at once). So that one matrix stays whole on every rank, as DeepSpeed does for its small
-        "persistent" parameters (re-gathered after each optimiser step); its gradient and optimiser state are
-        still partitioned."""
-        persistent = self.ds.optimizer.persistent_parameters  # the list DeepSpeed re-gathers after each step
-        for p in self.model.get_output_embeddings().parameters():
-            if not p.ds_persist:
-                p.ds_persist = True
-                persistent.append(p)
-        persistent[0].all_gather(param_list=persistent)
+    def _gather_output_embedding(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        """ZeRO-3 gathers a parameter only inside the forward of a module that owns it, but the trainer multiplies
+        the base's hidden states by the output embedding directly (a chunked log-softmax that never holds the
+        [tokens x vocab] logits). So after every base forward that matrix is gathered whole if it is not (it is
+        released by the optimiser step, and, when tied, by the input embedding's forward while DeepSpeed records
+        its fetch trace); marked persistent, DeepSpeed then keeps it whole until the next step. Its gradient and
+        optimiser state stay partitioned. Every rank runs the same forwards, so the gathers line up."""
+        released = [p for p in self._head_params if p.ds_status == self._not_available]
+        if released:
+            released[0].all_gather(param_list=released)
 
     # ----- the step -----
     def shard(self, items: list) -> list:
@@ -167,8 +177,8 @@ class DeepSpeedEngine(LearnerEngine):
                                "micro-batch from shard() needs its backward before the step")
         self.ds.step()
         self._passes = self._real = self._done = 0
-        norm = self.ds.get_global_grad_norm()
-        return float(norm) if norm is not None else 0.0
+        norm = self.ds.get_global_grad_norm()  # pre-clip, over every rank's partition
+        return float(norm) if norm is not None else float("nan")  # None: extra turned compute_grad_norm off
 
     def lr(self) -> float:
         return float(self.scheduler.get_last_lr()[0])
@@ -179,7 +189,8 @@ class DeepSpeedEngine(LearnerEngine):
 
         ZeRO-1/2: every rank holds the full weights, rank 0 yields them without copying. ZeRO-3: the parameters
         are gathered a bucket (``learner.weight_sync.bucket_mb``) at a time and rank 0 yields copies, so no rank
-        ever materialises more than one bucket of gathered weights itself (what the caller keeps is its own).
+        gathers more than one bucket at once beyond the output embedding (kept whole for the trainer); what the
+        caller keeps of the copies is its own memory.
         Under ZeRO-3 this is collective: every rank must iterate it to the end together (followers do it in
         :func:`~gspo_async.learner.distributed.follower_loop` after ``announce_weights()``).
         """
@@ -218,6 +229,14 @@ class DeepSpeedEngine(LearnerEngine):
                 "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
+        if "zero_stage" not in state:
+            raise ValueError("this checkpoint was written by the torch engine (learner.engine: torch); resume it "
+                             "with that engine, or start the DeepSpeed run from its model/ directory without --resume")
+        saved, here = (state["world_size"], state["zero_stage"]), (self.world_size, self.zero_stage)
+        if saved != here:
+            raise ValueError(f"this checkpoint was written by {saved[0]} rank(s) with ZeRO-{saved[1]}, this run has "
+                             f"{here[0]} with ZeRO-{here[1]}: resume with the same `torchrun --nproc_per_node` and "
+                             "learner.deepspeed.zero_stage (the optimiser state is partitioned per rank)")
         self.scheduler.load_state_dict(state["scheduler"])
 
     def save(self, path: str | os.PathLike) -> None:

@@ -378,6 +378,8 @@ def _format_errors(err: ValidationError, lines: dict[tuple[str, ...], int], sour
         elif e["type"] in ("literal_error", "enum"):
             allowed = e.get("ctx", {}).get("expected", "")
             messages.append(f"{where}: {dotted} = {e.get('input')!r} is not allowed; allowed values: {allowed}")
+        elif not loc:  # a cross-field check: the message says it all
+            messages.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
         else:
             messages.append(f"{where}: {dotted}: {e['msg']} (got {e.get('input')!r})")
     return "invalid config:\n  " + "\n  ".join(messages)

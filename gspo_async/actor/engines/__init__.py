@@ -1,0 +1,5 @@
+"""Inference engines behind one interface (`Engine`): transformers (`hf`) here, vLLM alongside."""
+
+from gspo_async.actor.engines.base import Engine, Generation, SamplingSettings
+
+__all__ = ["Engine", "Generation", "SamplingSettings"]

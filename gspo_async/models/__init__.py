@@ -1,0 +1,1 @@
+"""The tiny local model and tokenizer (quickstart, tests) and model loading."""

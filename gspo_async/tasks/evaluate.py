@@ -1,0 +1,42 @@
+"""Held-out evaluation: sample (or greedily decode) responses for task items and score them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gspo_async.actor.engines.base import Engine, SamplingSettings
+from gspo_async.tasks.base import PromptItem
+from gspo_async.tasks.prompting import encode_prompt
+
+ScoreFn = Callable[[str, list[str], str, dict], list[float]]  # (prompt, responses, answer, meta) -> rewards
+
+
+def evaluate(
+    engine: Engine,
+    tokenizer: Any,
+    items: Sequence[PromptItem],
+    score: ScoreFn,
+    sampling: SamplingSettings | None = None,
+    n: int = 1,
+    batch_size: int = 256,
+) -> dict[str, float]:
+    """Score `n` responses per item. Default sampling is greedy with 16 new tokens.
+
+    Returns accuracy (mean reward over all responses, i.e. pass@1 for 0/1 rewards), pass_at_n (share of items with
+    at least one reward >= 1) and mean_length (response tokens, EOS included).
+    """
+    sampling = sampling or SamplingSettings(temperature=0.0, max_new_tokens=16)
+    total, solved, tokens, count = 0.0, 0, 0, 0
+    per_batch = max(1, batch_size // n)
+    for start in range(0, len(items), per_batch):
+        chunk = items[start : start + per_batch]
+        groups = engine.generate([encode_prompt(tokenizer, it.prompt) for it in chunk], n, sampling)
+        for it, group in zip(chunk, groups):
+            texts = [tokenizer.decode(g.tokens, skip_special_tokens=True) for g in group]
+            rewards = score(it.prompt, texts, it.answer, it.meta)
+            total += sum(rewards)
+            solved += int(max(rewards) >= 1.0)
+            tokens += sum(len(g.tokens) for g in group)
+            count += len(group)
+    return {"accuracy": total / count, "pass_at_n": solved / len(items), "mean_length": tokens / count}

@@ -24,3 +24,12 @@ def artifact_dir() -> Path:
     path = ROOT / "test-artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny model and tokenizer with the quickstart's warm-up, built once: it must sometimes succeed, or every
+    group is constant, every advantage 0, and nothing trains."""
+    from gspo_async.models.tiny import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny") / "model", seed=0)

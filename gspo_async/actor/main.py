@@ -42,7 +42,8 @@ class Actor:
         self.engine = None
         self.weights = None  # WeightReceiverThread
         self.stats = {"tokens_per_s": 0.0, "groups_per_s": 0.0, "reward_mean": 0.0, "version": -1.0,
-                      "unacked": 0.0, "groups_total": 0.0, "tokens_total": 0.0, "reward_errors": 0.0}
+                      "unacked": 0.0, "groups_total": 0.0, "tokens_total": 0.0, "reward_errors": 0.0,
+                      "busy_frac": 0.0}
         self.client = ActorClient(learner, self.actor_id, engine=self._local_engine_name(), curve=self._curve_keys(),
                                   stats_fn=lambda: dict(self.stats))
         self.session: Optional[str] = None
@@ -145,6 +146,7 @@ class Actor:
         sampling = SamplingSettings(temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                                     top_k=cfg.sampling.top_k, max_new_tokens=cfg.response_length)
         window: list[tuple[float, int, int]] = []  # (time, tokens, groups) for recent rates
+        started, busy_s = time.time(), 0.0
         while not self.stop.is_set():
             if self.client.learner_session != self.session:  # the learner restarted: new config, new weight store
                 print(f"[actor {self.actor_id}] learner restarted; re-configuring", flush=True)
@@ -180,7 +182,8 @@ class Actor:
                               unacked=float(self.client.unacked()),
                               tokens_total=self.stats["tokens_total"] + tokens,
                               groups_total=self.stats["groups_total"] + len(groups),
-                              reward_errors=float(sum(self.reward.errors.values())))
+                              reward_errors=float(sum(self.reward.errors.values())),
+                              busy_frac=(busy_s := busy_s + gen_s) / max(now - started, 1e-9))
         print(f"[actor {self.actor_id}] stopping ({self.stop.reason}); waiting for acks", flush=True)
         self.client.wait_acked(timeout_s=30)
         return 0

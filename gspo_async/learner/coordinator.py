@@ -46,6 +46,7 @@ class _Open:
     state: str
     holder: str = ""  # actor id holding the lease (state leased)
     expires_at: float = 0.0  # clock time the lease expires
+    since: float = 0.0  # clock time it entered its current state (lease granted / group buffered)
     attempts: int = 0  # leases granted for this prompt so far
     group: Optional[RolloutGroup] = None  # the accepted group (states buffered, training)
 
@@ -220,6 +221,7 @@ class Coordinator:
                     self._end(prompt.prompt_id, "prompt_too_long")
                     continue
             entry.state, entry.holder, entry.expires_at = LEASED, actor_id, now + self.lease_timeout_s
+            entry.since = now
             entry.attempts += 1
             self._leased[entry.prompt.prompt_id] = None
             self.n["leases_issued"] += 1
@@ -290,6 +292,7 @@ class Coordinator:
             self._queue.remove(pid)
         group.actor_id = actor_id  # the registered sender, not what the message claims
         entry.state, entry.holder, entry.group = BUFFERED, "", group
+        entry.since = self.clock()
         self._buffer.append(pid)
         self._group_ids[group.group_id] = pid
         self.n["groups_accepted"] += 1
@@ -396,6 +399,16 @@ class Coordinator:
                  "groups_accepted": a.groups_accepted, "tokens_accepted": a.tokens_accepted, "unacked": a.unacked,
                  "registrations": a.registrations, "stats": dict(a.stats), "info": dict(a.info)}
                 for a in self._actors.values()]
+
+    def ages(self) -> dict[str, float]:
+        """Seconds since each in-flight lease was granted and each buffered group arrived: mean and max."""
+        now = self.clock()
+        out: dict[str, float] = {}
+        for name, pids in (("leases", self._leased), ("buffer", self._buffer)):
+            ages = [now - self._open[pid].since for pid in pids if pid in self._open]
+            out[f"{name}/age_mean_s"] = sum(ages) / len(ages) if ages else 0.0
+            out[f"{name}/age_max_s"] = max(ages, default=0.0)
+        return out
 
     def counters(self) -> dict[str, Any]:
         """Cumulative counts and current sizes (flat numbers, plus dicts keyed by reason / bin / lag)."""

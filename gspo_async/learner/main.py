@@ -237,8 +237,13 @@ class Learner:
             aid = a["actor_id"]
             live.add(aid)
             lag = max(self.version - int(a["version"]), 0)
-            self.registry.set_actor(aid, {"tokens_per_s": a["tokens_per_s"], "version": float(a["version"]),
-                                          "version_lag": float(lag), "leases": float(a["leases"])})
+            st = a.get("stats", {})
+            self.registry.set_actor(aid, {
+                "tokens_per_s": a["tokens_per_s"], "version": float(a["version"]), "version_lag": float(lag),
+                "leases": float(a["leases"]), "tokens": float(st.get("tokens_total", 0.0)),
+                "groups": float(st.get("groups_total", 0.0)), "busy_frac": float(st.get("busy_frac", 0.0)),
+                "pending_groups": float(a.get("unacked", 0)), "heartbeat_age_s": float(a["last_contact_s"]),
+                "alive": 1.0})
             gen_rate += a["tokens_per_s"]
             skew = max(skew, lag)
         for gone in self.known_actors - live:
@@ -253,7 +258,7 @@ class Learner:
                 "drops/duplicate": float(c["groups_duplicate"]), "drops/invalid": float(c["groups_rejected"]),
                 "drops/length_hist_kept": lengths(c["length_hist_kept"]),
                 "drops/length_hist_dropped": lengths(c["length_hist_dropped"]),
-                "leases/expired": float(c["leases_expired"])}
+                "leases/expired": float(c["leases_expired"]), **self.server.ages()}
 
     # ----- main loop -----
     def run(self) -> int:

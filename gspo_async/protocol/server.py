@@ -27,8 +27,8 @@ from gspo_async.learner.coordinator import Coordinator
 from gspo_async.protocol.auth import CurveServerKeys, apply_server_keys, check_bind, start_authenticator
 from gspo_async.protocol.codec import DEFAULT_FRAME_THRESHOLD, decode, encode
 from gspo_async.protocol.messages import (
-    TO_LEARNER, Ack, ErrorReply, Goodbye, Heartbeat, HeartbeatAck, Lease, LeaseRequest, Limits, PromptLease,
-    ProtocolError, Register, RolloutGroup, WeightVersion, Welcome)
+    TO_LEARNER, Ack, ActorStatus, ErrorReply, Goodbye, Heartbeat, HeartbeatAck, Lease, LeaseRequest, Limits,
+    PromptLease, ProtocolError, Register, RolloutGroup, StatusReply, StatusRequest, WeightVersion, Welcome)
 from gspo_async.protocol.sockets import HANDSHAKE_EVENTS, Waker, endpoint, peer_address
 from gspo_async.protocol.validate import check_group
 
@@ -45,6 +45,11 @@ class _Parked:
     rid: int
     n: int
     deadline: float
+
+
+def _rate(value: float) -> float:
+    """A reported rate fit for the wire: finite and >= 0 (an actor may report NaN before its first batch)."""
+    return value if value >= 0 and value != float("inf") else 0.0
 
 
 class _RateLimitedLog:
@@ -234,9 +239,26 @@ class LearnerServer:
         out.update(self.transport)
         return out
 
+    def ages(self) -> dict[str, float]:
+        """Mean and max age of in-flight leases and buffered groups, seconds (telemetry names)."""
+        with self._lock:
+            return self.coordinator.ages()
+
     def accounting(self) -> dict[str, Any]:
         with self._lock:
             return self.coordinator.accounting()
+
+    def status(self, rid: int = 0) -> StatusReply:
+        """The fleet as a StatusReply: live actors, version, prompt accounting and the flat counters. Reading it
+        changes nothing (no contact time, no membership)."""
+        with self._lock:
+            actors, accounting = self.coordinator.actors(), self.coordinator.accounting()
+            counters, version = self.coordinator.counters(), self.coordinator.version
+        rows = [ActorStatus(a["actor_id"], a["engine"], int(a["version"]), _rate(a["tokens_per_s"]), int(a["leases"]),
+                            max(0.0, a["last_contact_s"]), max(0.0, a["registered_s"]), int(a["groups_accepted"]),
+                            int(a["unacked"]), str(a["info"].get("address", ""))[:200]) for a in actors]
+        flat = {k: v for k, v in counters.items() if type(v) in (int, float, bool)}
+        return StatusReply(self.session, version, rows, accounting, flat, rid=rid)
 
     def state_dict(self) -> dict[str, Any]:
         with self._lock:
@@ -345,6 +367,8 @@ class LearnerServer:
             self.transport[f"received_{type(msg).TYPE}"] += 1
             if isinstance(msg, Register):
                 self._on_register(routing, msg, peer_address(body[0]))
+            elif isinstance(msg, StatusRequest):  # before the membership check: a status query is not an actor
+                self._send(routing, self.status(msg.rid))
             else:
                 with self._lock:
                     alive = actor_id is not None and self.coordinator.is_alive(actor_id)

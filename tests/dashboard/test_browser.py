@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import struct
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -58,6 +59,19 @@ class PanelParser(HTMLParser):
             self.panels[a["data-panel"]] = a.get("data-has-data", "")
         if tag == "body":
             self.body = a
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A real short run: `gspo-async local` with a learner and two actor processes on loopback."""
+    out = tmp_path_factory.mktemp("real-run") / "run"
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-m", "gspo_async", "local", str(root / "configs/quickstart.yaml"),
+                    f"run_dir={out}", f"model.path={tiny_model_dir}", "learner.total_steps=16",
+                    "learner.eval_every=4", "rollout_batch_size=8", "telemetry.log_every_s=0.5",
+                    "telemetry.dashboard_port=null", "learner.checkpoint.every=0"],
+                   check=True, timeout=300, cwd=root, capture_output=True)
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ def make_config(engine: str, zero_stage: int, steps: int, extra: dict, correctio
         pg_clip=0.2, seed=0, off_policy=dict(correction=correction),
         optim=dict(lr=3e-3, weight_decay=0.1, warmup_steps=1, schedule="cosine", grad_clip=0.5, num_mini_batches=2,
                    micro_batch_size=3),
-        learner=dict(engine=engine, total_steps=steps, deepspeed=dict(zero_stage=zero_stage, extra=extra),
+        learner=dict(engine=engine, total_steps=steps, deepspeed=dict(zero_stage=zero_stage, extra=extra), eval_every=0,
                      weight_sync=dict(bucket_mb=0.01))))  # ~10 KB buckets: several ZeRO-3 gathers
 
 

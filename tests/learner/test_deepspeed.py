@@ -87,7 +87,8 @@ def reference() -> dict:
 # ----- fast checks -----
 
 def _cfg(**deepspeed):
-    return config_from_dict({"learner": {"engine": "deepspeed", "deepspeed": deepspeed}, "optim": {"grad_clip": 0.5}})
+    return config_from_dict({"learner": {"engine": "deepspeed", "deepspeed": deepspeed, "eval_every": 0},
+                             "optim": {"grad_clip": 0.5}})
 
 
 def test_config_merges_extra_into_zero_section():

@@ -106,6 +106,12 @@ class WeightSyncConfig(_Section):
     timeout_s: float = Field(30.0, gt=0)
     backend: Literal["auto", "gloo", "nccl"] = "auto"
 
+    def resolve_backend(self, device: str) -> str:
+        """The torch.distributed backend for a process whose tensors live on `device` (auto: NCCL on CUDA)."""
+        if self.backend == "auto":
+            return "nccl" if str(device).startswith("cuda") else "gloo"
+        return self.backend
+
 
 class CheckpointConfig(_Section):
     every: int = Field(50, ge=0, description="Save every N steps (0 = only at the end).")

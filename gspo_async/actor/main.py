@@ -84,28 +84,20 @@ class Actor:
         self.engine = self._build_engine(model_dir)
         task_reward = self.cfg.task.reward
         if task_reward == "exact":
-            from gspo_async.tasks import get_task
+            from gspo_async.tasks import task_from_config
 
-            task_reward = get_task(self.cfg.task.name, **self._task_options()).reward_fn
+            task_reward = task_from_config(self.cfg.task).reward_fn
         self.reward = RewardRunner(task_reward, timeout_s=self.cfg.task.reward_timeout_s)
         from gspo_async.weights import WeightReceiverThread, WeightSubscriber
 
         host, port = welcome.weight_store
         if self.weights is not None:
             self.weights.stop()
-        backend = "nccl" if str(self.cfg.actor.device).startswith("cuda") else "gloo"
+        backend = self.cfg.learner.weight_sync.resolve_backend(self.cfg.actor.device)
         subscriber = WeightSubscriber(host, int(port), self.actor_id, timeout_s=self.cfg.learner.weight_sync.timeout_s,
                                       device=self.cfg.actor.device, backend=backend)
         self.weights = WeightReceiverThread(subscriber).start()
         self.session = welcome.session
-
-    def _task_options(self) -> dict[str, Any]:
-        t = self.cfg.task
-        opts = dict(t.options)
-        if t.name in ("jsonl", "hf"):
-            opts.update(path=t.path, prompt_key=t.prompt_key, answer_key=t.answer_key)
-        opts.setdefault("eval_size", t.eval_size)
-        return opts
 
     def _build_engine(self, model_dir: Path):
         from gspo_async.actor.engines.factory import build_engine

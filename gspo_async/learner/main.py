@@ -59,7 +59,7 @@ class Learner:
         from gspo_async.models.loading import load_model_and_tokenizer
         from gspo_async.protocol.messages import Limits
         from gspo_async.protocol.transport import LearnerServer
-        from gspo_async.tasks import get_task
+        from gspo_async.tasks import task_from_config
         from gspo_async.tasks.prompting import encode_prompt
         from gspo_async.telemetry.registry import MetricRegistry
         from gspo_async.weights.elastic import WeightPublisher
@@ -96,7 +96,7 @@ class Learner:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.trainer = Trainer(cfg, self.engine, pad_id, ref_model)
 
-        self.task = get_task(cfg.task.name, **self._task_options())
+        self.task = task_from_config(cfg.task)
         self.reward = RewardRunner(cfg.task.reward if cfg.task.reward != "exact" else self.task.reward_fn,
                                    timeout_s=cfg.task.reward_timeout_s)
         chat = cfg.task.chat_template or None
@@ -136,7 +136,8 @@ class Learner:
         host = cfg.learner.host
         self.publisher = WeightPublisher(host, cfg.weight_store_port, timeout_s=cfg.learner.weight_sync.timeout_s,
                                          bucket_bytes=int(cfg.learner.weight_sync.bucket_mb * 2**20),
-                                         backend=self._weight_backend(), device=cfg.learner.device)
+                                         backend=cfg.learner.weight_sync.resolve_backend(cfg.learner.device),
+                                         device=cfg.learner.device)
         vocab = int(self.model.get_output_embeddings().weight.shape[0])
         limits = Limits(vocab_size=vocab, max_prompt_tokens=cfg.prompt_length,
                         max_response_tokens=cfg.response_length, group_size=cfg.num_return_sequences_in_group)
@@ -156,21 +157,6 @@ class Learner:
         self.last_sync: dict[str, float] = {}
         self.dashboard = None
         self.stop = StopFlag()
-
-    # ----- setup helpers -----
-    def _task_options(self) -> dict[str, Any]:
-        t = self.cfg.task
-        opts = dict(t.options)
-        if t.name in ("jsonl", "hf"):
-            opts.update(path=t.path, prompt_key=t.prompt_key, answer_key=t.answer_key)
-        opts.setdefault("eval_size", t.eval_size)
-        return opts
-
-    def _weight_backend(self) -> str:
-        backend = self.cfg.learner.weight_sync.backend
-        if backend == "auto":
-            return "nccl" if str(self.cfg.learner.device).startswith("cuda") else "gloo"
-        return backend
 
     # ----- the pieces of the loop -----
     def sync_weights(self, reason: str) -> None:

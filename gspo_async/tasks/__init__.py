@@ -28,4 +28,13 @@ def get_task(name: str, **options: Any) -> Task:
         raise TypeError(f"bad options for task {name!r}: {e}") from e
 
 
-__all__ = ["PromptItem", "Task", "TASK_NAMES", "get_task"]
+def task_from_config(task_cfg: Any) -> Task:
+    """The task a config's ``task`` section describes (the learner and every actor build the same one)."""
+    options = dict(task_cfg.options)
+    if task_cfg.name in ("jsonl", "hf"):
+        options.update(path=task_cfg.path, prompt_key=task_cfg.prompt_key, answer_key=task_cfg.answer_key)
+    options.setdefault("eval_size", task_cfg.eval_size)
+    return get_task(task_cfg.name, **options)
+
+
+__all__ = ["PromptItem", "Task", "TASK_NAMES", "get_task", "task_from_config"]

@@ -75,7 +75,7 @@ def cmd_local(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from gspo_async.actor.status import print_status
 
-    return print_status(args.learner, timeout_s=args.timeout)
+    return print_status(args.learner, timeout_s=args.timeout, key=args.key, server_key=args.server_key)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="print the fleet of a running learner")
     p.add_argument("learner", help="HOST:PORT")
     p.add_argument("--timeout", type=float, default=5.0)
+    p.add_argument("--key", default=None, help="CURVE client secret key (clientN.key_secret from `gspo-async keys`)")
+    p.add_argument("--server-key", default=None, help="the learner's server.key (default: next to --key)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("dashboard", help="serve the live dashboard of a run directory")

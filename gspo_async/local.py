@@ -76,6 +76,11 @@ def run_local(cfg: Config, resume: bool = False) -> int:
         print(f"[local] {actor_id}: {' '.join(acmd)} (log: {run_dir / 'logs' / (actor_id + '.log')})", flush=True)
         actors.append((actor_id, subprocess.Popen(acmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
     interrupted = False
+
+    def _terminate(_signum, _frame):  # SIGTERM to the launcher stops the whole local fleet like Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         rc = learner.wait()
     except KeyboardInterrupt:

@@ -8,7 +8,9 @@
 #   GSPO_RUN_DIR       run directory (metrics, checkpoints)
 #   GSPO_RESUME=1      continue from the newest checkpoint in the run directory
 #   GSPO_INSECURE=1    allow a non-loopback bind without CURVE (trusted networks only)
-#   GSPO_LAUNCHER      empty (one process) or e.g. "torchrun --nproc_per_node=4" / "deepspeed" for multi-rank
+#   GSPO_LAUNCHER      empty (one process) or a multi-rank launcher for learner.engine=deepspeed, e.g.
+#                      "torchrun --standalone --nproc_per_node=4" or "deepspeed --num_gpus 4"
+#                      (the module is passed with --module; deepspeed also gets --no_local_rank)
 set -euo pipefail
 config="${1:-${GSPO_CONFIG:-configs/quickstart.yaml}}"
 [ $# -gt 0 ] && shift
@@ -20,9 +22,14 @@ args=("$@")
 flags=()
 [ "${GSPO_RESUME:-0}" = 1 ] && flags+=("--resume")
 if [ -n "${GSPO_LAUNCHER:-}" ]; then
-  cmd=(${GSPO_LAUNCHER} -m gspo_async learner "$config" "${args[@]}" "${flags[@]}")
+  read -ra launcher <<< "$GSPO_LAUNCHER"
+  # deepspeed's launcher appends --local_rank=N to the program's arguments unless told not to
+  if [ "$(basename "${launcher[0]}")" = deepspeed ] && [[ " ${launcher[*]} " != *" --no_local_rank "* ]]; then
+    launcher+=(--no_local_rank)
+  fi
+  cmd=("${launcher[@]}" --module gspo_async learner "${flags[@]}" "$config" "${args[@]}")
 else
-  cmd=(gspo-async learner "$config" "${args[@]}" "${flags[@]}")
+  cmd=(gspo-async learner "${flags[@]}" "$config" "${args[@]}")
 fi
 echo "[launch/learner.sh] ${cmd[*]}" >&2
 exec "${cmd[@]}"

@@ -50,17 +50,17 @@ class Actor:
 
     def _local_engine_name(self) -> str:
         """The engine this actor will run: its own override, else whatever the learner's config says."""
-        for o in self.local_overrides:
-            if o.split("=")[0] in ("engine", "actor.engine"):
+        for o in _actor_overrides(self.local_overrides):
+            if o.split("=")[0] == "actor.engine":
                 return o.split("=", 1)[1]
-        return "learner-default"
+        return "hf"  # the learner's config decides in the end; this only labels the registration
 
     def _curve_keys(self):
-        if not self.config_path and not any(o.startswith("actor.curve") for o in self.local_overrides):
+        if not self.config_path and not any("curve" in o.split("=")[0] for o in self.local_overrides):
             return None
         from gspo_async.config import load_config
 
-        local = load_config(self.config_path, self.local_overrides).actor.curve
+        local = load_config(self.config_path, _actor_overrides(self.local_overrides)).actor.curve
         if not local.secret_key:
             return None
         from gspo_async.protocol.auth import CurveClientKeys
@@ -75,7 +75,7 @@ class Actor:
         raw = dict(welcome.config)
         if self.config_path:  # local actor settings (device, engine, keys) win over the learner's
             raw["actor"] = load_config(self.config_path).to_dict()["actor"]
-        raw = apply_overrides(raw, [o if o.startswith("actor.") else f"actor.{o}" for o in self.local_overrides])
+        raw = apply_overrides(raw, _actor_overrides(self.local_overrides))
         self.cfg = config_from_dict(raw, source="learner welcome")
         setup_process(self.cfg.actor.threads)
         model_dir = Path(tempfile.mkdtemp(prefix=f"gspo-actor-{self.actor_id}-"))
@@ -207,6 +207,11 @@ class Actor:
                 self.weights.stop()
             if self.engine is not None:
                 self.engine.close()
+
+
+def _actor_overrides(overrides: list[str]) -> list[str]:
+    """Command-line overrides of an actor address its own section: `device=cuda` means `actor.device=cuda`."""
+    return [o if o.startswith("actor.") else f"actor.{o}" for o in overrides]
 
 
 def _stable_hash(text: str) -> int:

@@ -24,6 +24,8 @@ in_flight = leased prompts. max_staleness = 0 makes the run synchronous.
 
 from __future__ import annotations
 
+import math
+
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -65,6 +67,15 @@ class _Actor:
     groups_accepted: int = 0
     tokens_accepted: int = 0
     registrations: int = 1
+
+
+def _number(value: Any) -> float:
+    """An actor-reported statistic as a finite float (0 for anything else: stats are the actor's free text)."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return out if math.isfinite(out) else 0.0
 
 
 def length_bin(n: int) -> int:
@@ -394,7 +405,7 @@ class Coordinator:
         now = self.clock()
         held = Counter(self._open[pid].holder for pid in self._leased)
         return [{"actor_id": a.actor_id, "engine": a.engine, "version": a.version,
-                 "tokens_per_s": float(a.stats.get("tokens_per_s", 0.0) or 0.0), "leases": held[a.actor_id],
+                 "tokens_per_s": _number(a.stats.get("tokens_per_s")), "leases": held[a.actor_id],
                  "last_contact_s": now - a.last_contact, "registered_s": now - a.registered_at,
                  "groups_accepted": a.groups_accepted, "tokens_accepted": a.tokens_accepted, "unacked": a.unacked,
                  "registrations": a.registrations, "stats": dict(a.stats), "info": dict(a.info)}

@@ -3,8 +3,9 @@
 The wire format (msgpack maps, raw little-endian arrays, frames, the state machine) is specified in
 docs/protocol.md; `codec.py` turns these objects into frames and `validate.py` turns frames back into them.
 
-Direction: actor -> learner: Register, LeaseRequest, RolloutGroup, Heartbeat, Goodbye.
-           learner -> actor: Welcome, Lease, Ack, HeartbeatAck, WeightVersion, ErrorReply.
+Direction: actor -> learner: Register, LeaseRequest, RolloutGroup, Heartbeat, Goodbye, StatusRequest.
+           learner -> actor: Welcome, Lease, Ack, HeartbeatAck, WeightVersion, ErrorReply, StatusReply.
+StatusRequest / StatusReply serve operators (`gspo-async status`): a status query is not an actor.
 Units: times in seconds, token ids int32, log-probabilities float32 natural-log, weight versions int >= 0.
 """
 
@@ -289,5 +290,52 @@ class ErrorReply(_Message):
     rid: int = 0
 
 
-TO_LEARNER: dict[str, type] = {c.TYPE: c for c in (Register, LeaseRequest, RolloutGroup, Heartbeat, Goodbye)}
-TO_ACTOR: dict[str, type] = {c.TYPE: c for c in (Welcome, Lease, Ack, HeartbeatAck, WeightVersion, ErrorReply)}
+@dataclass(eq=False)
+class StatusRequest(_Message):
+    """Ask for the fleet's state. Needs no registration and changes no membership: any peer that passes the
+    security handshake may ask (`gspo-async status`)."""
+
+    TYPE: ClassVar[str] = "status_request"
+    rid: int = 0
+
+
+@dataclass(eq=False)
+class ActorStatus(_Message):
+    """One live actor as the learner sees it. version: weights it has applied; tokens_per_s: its last reported
+    generation rate (0 when it reported none); leases: prompts it holds; last_contact_s / registered_s: seconds
+    since its last message / its registration; address: its IP as the learner saw it ("" when unknown)."""
+
+    actor_id: str
+    engine: str
+    version: int
+    tokens_per_s: float
+    leases: int
+    last_contact_s: float
+    registered_s: float = 0.0
+    groups_accepted: int = 0
+    unacked: int = 0
+    address: str = ""
+
+
+@dataclass(eq=False)
+class StatusReply(_Message):
+    """The learner's answer to StatusRequest.
+
+    accounting: prompts by state, from `Coordinator.accounting()` (issued, trained, dropped, in_flight, buffered,
+    training, pending_reissue, balanced). counters: the learner's flat cumulative counts and current sizes
+    (groups_received, groups_accepted, groups_trained, groups_dropped, ..., from `Coordinator.counters()`).
+    """
+
+    TYPE: ClassVar[str] = "status"
+    session: str
+    version: int
+    actors: list[ActorStatus]
+    accounting: dict[str, Any] = field(default_factory=dict)
+    counters: dict[str, Any] = field(default_factory=dict)
+    rid: int = 0
+
+
+TO_LEARNER: dict[str, type] = {c.TYPE: c for c in (Register, LeaseRequest, RolloutGroup, Heartbeat, Goodbye,
+                                                   StatusRequest)}
+TO_ACTOR: dict[str, type] = {c.TYPE: c for c in (Welcome, Lease, Ack, HeartbeatAck, WeightVersion, ErrorReply,
+                                                 StatusReply)}

@@ -21,9 +21,9 @@ import msgpack
 import numpy as np
 
 from gspo_async.protocol.messages import (
-    ACK_STATUSES, ERROR_CODES, FINISH_REASONS, LEASE_REASONS, Ack, ErrorReply, Goodbye, Heartbeat, HeartbeatAck,
-    Lease, LeaseRequest, Limits, PromptLease, ProtocolError, Register, Response, RolloutGroup, WeightVersion,
-    Welcome)
+    ACK_STATUSES, ERROR_CODES, FINISH_REASONS, LEASE_REASONS, Ack, ActorStatus, ErrorReply, Goodbye, Heartbeat,
+    HeartbeatAck, Lease, LeaseRequest, Limits, PromptLease, ProtocolError, Register, Response, RolloutGroup,
+    StatusReply, StatusRequest, WeightVersion, Welcome)
 
 # Ids and names: printable ASCII without spaces (safe to log, to use in file names and metric labels).
 ID_PATTERN = re.compile(r"[!-~]+")
@@ -333,6 +333,11 @@ RESPONSE = Struct(Response, {
     "version_spans": (Array("<i4", lambda L: 3 * L.max_response_tokens, width=3), R),
 })
 
+ACTOR_STATUS = Struct(ActorStatus, {
+    "actor_id": (Str(ident=True), R), "engine": (Str(ident=True), R), "version": (Int(), R),
+    "tokens_per_s": (Float(0.0), R), "leases": (Int(), R), "last_contact_s": (Float(0.0), R),
+    "registered_s": (Float(0.0), 0.0), "groups_accepted": (Int(), 0), "unacked": (Int(), 0), "address": (Str(), "")})
+
 SCHEMAS: dict[str, Struct] = {
     "register": Struct(Register, {
         "actor_id": (Str(ident=True), R), "instance": (Str(ident=True), R), "engine": (Str(ident=True), R),
@@ -362,6 +367,10 @@ SCHEMAS: dict[str, Struct] = {
         "retry_after_s": (Float(0.0, 3600.0), 0.0)}),
     "heartbeat_ack": Struct(HeartbeatAck, {"version": (Int(), R), "session": (Str(ident=True), R), "rid": _rid}),
     "weight_version": Struct(WeightVersion, {"version": (Int(), R), "session": (Str(ident=True), R)}),
+    "status_request": Struct(StatusRequest, {"rid": _rid}),
+    "status": Struct(StatusReply, {
+        "session": (Str(ident=True), R), "version": (Int(), R), "actors": (ListOf(ACTOR_STATUS), R),
+        "accounting": (Scalars(), {}), "counters": (Scalars(), {}), "rid": _rid}),
     "error": Struct(ErrorReply, {
         "code": (Str(tuple(ERROR_CODES)), R), "message": (Str(max_bytes=4096), R), "ref": (Str(), ""), "rid": _rid}),
 }

@@ -1,0 +1,138 @@
+"""The Kubernetes manifests: valid multi-document YAML whose containers run command lines the real CLI, config and
+actor accept, with key files where `gspo-async keys` puts them and where the secret volumes mount them."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gspo_async.protocol.auth import CurveClientKeys, CurveServerKeys
+from tests.launch.conftest import LAUNCH, ROOT, check_actor, check_learner
+
+K8S = LAUNCH / "k8s"
+FIELD_VALUES = {"metadata.name": "gspo-actors-5d8c7-x2x9q", "status.podIP": "10.42.0.17"}
+
+
+def documents(name: str) -> list[dict]:
+    docs = [d for d in yaml.safe_load_all((K8S / name).read_text()) if d is not None]
+    assert docs and all("apiVersion" in d and "kind" in d and "metadata" in d for d in docs), name
+    return docs
+
+
+def pod_spec(name: str, kind: str) -> dict:
+    [doc] = [d for d in documents(name) if d["kind"] == kind]
+    labels = doc["spec"]["template"]["metadata"]["labels"]
+    assert doc["spec"]["selector"]["matchLabels"].items() <= labels.items(), "the selector must match the pods"
+    spec = doc["spec"]["template"]["spec"]
+    known = {v["name"] for v in spec["volumes"]} | {t["metadata"]["name"] for t in doc["spec"].get(
+        "volumeClaimTemplates", [])}
+    for container in spec["containers"]:
+        for m in container["volumeMounts"]:
+            assert m["name"] in known, f"{name}: volume {m['name']} is mounted but not defined"
+    return spec
+
+
+def argv_of(container: dict) -> list[str]:
+    """command + args with $(VAR) expanded from the container's env (downward-API fields get sample values)."""
+    env = {}
+    for e in container.get("env", []):
+        env[e["name"]] = e["value"] if "value" in e else FIELD_VALUES[e["valueFrom"]["fieldRef"]["fieldPath"]]
+
+    def expand(word: str) -> str:
+        for var in re.findall(r"\$\((\w+)\)", word):
+            assert var in env, f"$({var}) is not defined in the container's env"
+        return re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], word)
+
+    argv = [expand(w) for w in container["command"] + container.get("args", [])]
+    assert argv[0] == "gspo-async", argv
+    return argv[1:]
+
+
+def mounted(spec: dict, container: dict, keys_dir: Path, tmp: Path) -> dict[str, Path]:
+    """Lay out each secret volume as Kubernetes would (its items, from a `gspo-async keys` directory); returns
+    mountPath -> local directory, so that the paths the container uses can be checked."""
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    out = {}
+    for m in container["volumeMounts"]:
+        secret = volumes.get(m["name"], {}).get("secret")
+        if secret is None:
+            continue
+        local = tmp / m["name"]
+        for item in secret["items"]:
+            assert (keys_dir / item["key"]).is_file(), f"`gspo-async keys` writes no {item['key']}"
+            (local / item["path"]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(keys_dir / item["key"], local / item["path"])
+        out[m["mountPath"]] = local
+    return out
+
+
+def localise(argv: list[str], mounts: dict[str, Path]) -> list[str]:
+    for mount, local in mounts.items():
+        argv = [w.replace(f"={mount}/", f"={local}/") for w in argv]
+    return argv
+
+
+def test_manifests_are_multi_document_yaml():
+    kinds = sorted(d["kind"] for name in ("learner.yaml", "actors.yaml") for d in documents(name))
+    assert kinds == ["Deployment", "Service", "StatefulSet"]
+
+
+def test_the_secret_holds_what_gspo_async_keys_writes(keys_dir):
+    """The kubectl command in learner.yaml puts exactly the files the volumes mount into the secret."""
+    text = (K8S / "learner.yaml").read_text()
+    in_secret = set(re.findall(r"--from-file=keys/(\S+)", text))
+    assert in_secret and all((keys_dir / f).is_file() for f in in_secret), in_secret
+    for name, kind in (("learner.yaml", "StatefulSet"), ("actors.yaml", "Deployment")):
+        for volume in pod_spec(name, kind)["volumes"]:
+            if "secret" in volume:
+                assert {i["key"] for i in volume["secret"]["items"]} <= in_secret, name
+
+
+def test_learner_container_runs_a_valid_learner(keys_dir, tmp_path):
+    spec = pod_spec("learner.yaml", "StatefulSet")
+    [container] = spec["containers"]
+    mounts = mounted(spec, container, keys_dir, tmp_path)
+    config_map = re.search(r"--from-file=config\.yaml=(\S+)", (K8S / "learner.yaml").read_text()).group(1)
+    args, cfg = check_learner(localise(argv_of(container), mounts), config_file=ROOT / config_map)
+    assert args.resume and args.config == "/config/config.yaml"
+    assert {m["mountPath"] for m in container["volumeMounts"] if m["name"] == "config"} == {"/config"}
+    ports = {p["containerPort"] for p in container["ports"]}
+    service = next(d for d in documents("learner.yaml") if d["kind"] == "Service")
+    assert {cfg.learner.port, cfg.weight_store_port} == ports == {p["targetPort"] for p in service["spec"]["ports"]}
+    assert cfg.learner.advertise_host == FIELD_VALUES["status.podIP"] and cfg.learner.host == "0.0.0.0"
+    server = CurveServerKeys.load(cfg.learner.curve.secret_key, cfg.learner.curve.authorized_clients)
+    assert len(server.authorized) == 1
+    # the model and the prompts the config names are on mounted volumes
+    volume_paths = [m["mountPath"] for m in container["volumeMounts"]]
+    for path in (cfg.model.path, cfg.task.path):
+        assert any(str(path).startswith(v + "/") for v in volume_paths), path
+
+
+def test_actor_container_runs_a_valid_actor_that_the_learner_accepts(keys_dir, tmp_path):
+    learner_spec = pod_spec("learner.yaml", "StatefulSet")
+    learner_mounts = mounted(learner_spec, learner_spec["containers"][0], keys_dir, tmp_path / "learner")
+    server = CurveServerKeys.load(learner_mounts["/keys"] / "server.key_secret")
+    spec = pod_spec("actors.yaml", "Deployment")
+    [container] = spec["containers"]
+    mounts = mounted(spec, container, keys_dir, tmp_path / "actor")
+    args, actor = check_actor(localise(argv_of(container), mounts))
+    assert args.id == FIELD_VALUES["metadata.name"]
+    host, port = args.learner.rsplit(":", 1)
+    service = next(d for d in documents("learner.yaml") if d["kind"] == "Service")
+    assert host == service["metadata"]["name"] and int(port) in {p["port"] for p in service["spec"]["ports"]}
+    keys: CurveClientKeys = actor.client.curve
+    assert keys is not None and keys.server_public == server.public and keys.public in server.authorized
+    assert "actor.device=cuda" in args.overrides
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1  # one GPU per actor
+
+
+@pytest.mark.parametrize("name", ["learner.yaml", "actors.yaml"])
+def test_secret_files_are_private(name):
+    for doc in documents(name):
+        for volume in doc.get("spec", {}).get("template", {}).get("spec", {}).get("volumes", []):
+            if "secret" in volume:
+                assert volume["secret"]["defaultMode"] == 0o400

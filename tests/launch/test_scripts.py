@@ -161,8 +161,8 @@ def test_add_actors_sbatch_adds_one_actor_per_gpu_of_every_node(stubs, keys_dir)
 
 
 def test_the_cluster_guide_commands_are_valid(keys_dir, tmp_path):
-    """Every `gspo-async ...` command in docs/cluster.md's code blocks parses, and its overrides validate."""
-    text = (ROOT / "docs" / "cluster.md").read_text()
+    """Every `gspo-async ...` command in the README's code blocks parses, and its overrides validate."""
+    text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
     commands = []
     for block in blocks:

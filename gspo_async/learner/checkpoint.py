@@ -82,6 +82,12 @@ def save_checkpoint(root: Path, *, step: int, version: int, model: torch.nn.Modu
         if final.exists():  # re-saving the same step (e.g. the final save after a periodic one)
             shutil.rmtree(final)
         os.rename(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as err:  # serialisers wrap I/O failures (safetensors: "File too large", "No space left")
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(f"writing checkpoint step {step} under {root} failed: {err}") from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,0 +1,99 @@
+"""Atomic checkpoints: round trip, pruning, a save killed mid-write, and a full disk."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from gspo_async.learner.checkpoint import list_checkpoints, load_latest, load_trainer_state, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def model(hidden: int = 32, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    return AutoModelForCausalLM.from_config(cfg)
+
+
+def save(root: Path, step: int, m: torch.nn.Module, keep: int = 2) -> Path:
+    return save_checkpoint(root, step=step, version=step, model=m, tokenizer=None,
+                           trainer_state={"engine": {"x": step}}, state={"coordinator": {"cursor": step}}, keep=keep)
+
+
+def test_round_trip_and_keep_last_k(tmp_path):
+    m = model()
+    for step in (1, 2, 3):
+        save(tmp_path, step, m)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002", "step-00000003"]
+    ckpt = load_latest(tmp_path)
+    assert (ckpt.step, ckpt.version, ckpt.state["coordinator"]) == (3, 3, {"cursor": 3})
+    assert load_trainer_state(ckpt)["engine"] == {"x": 3}
+    back = AutoModelForCausalLM.from_pretrained(ckpt.path / "model")
+    for (n, a), (_, b) in zip(m.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
+def test_damaged_newest_checkpoint_is_skipped(tmp_path):
+    m = model()
+    save(tmp_path, 1, m)
+    bad = save(tmp_path, 2, m)
+    (bad / "state.json").write_text("{not json")
+    assert load_latest(tmp_path).step == 1
+
+
+def test_save_killed_mid_write_leaves_the_previous_checkpoint(tmp_path):
+    save(tmp_path, 1, model())
+    # A bigger model so the write takes long enough to be caught in the middle.
+    script = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(ROOT)!r})
+        from tests.learner.test_checkpoint import model, save
+        from pathlib import Path
+        save(Path({str(tmp_path)!r}), 2, model(hidden=768))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".tmp-step-00000002-*")):  # poll for the temporary directory
+        assert proc.poll() is None, "the save finished before it could be interrupted"
+        assert time.monotonic() < deadline, "the save never started"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt = load_latest(tmp_path)
+    assert ckpt is not None and ckpt.step == 1
+    AutoModelForCausalLM.from_pretrained(ckpt.path / "model")  # still loadable
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000001"]
+
+
+def test_full_disk_raises_cleans_up_and_keeps_the_previous(tmp_path):
+    save(tmp_path, 1, model())
+    # A size-limited process stands in for a full disk: any write past 64 KiB fails with EFBIG (an OSError).
+    script = textwrap.dedent(f"""
+        import resource, signal, sys; sys.path.insert(0, {str(ROOT)!r})
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get the OSError instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+        from tests.learner.test_checkpoint import model, save
+        from pathlib import Path
+        try:
+            save(Path({str(tmp_path)!r}), 2, model(hidden=256))
+        except OSError as err:
+            print("OSError", err.errno)
+            sys.exit(0)
+        sys.exit(3)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0 and "OSError" in out.stdout, out.stderr[-2000:]
+    assert not list(tmp_path.glob(".tmp-*")), "the partial checkpoint was left behind"
+    assert load_latest(tmp_path).step == 1

@@ -2,16 +2,21 @@
 
 A single-process experiment (one thread): build the tiny model (tokenizer, Llama config, supervised warm-up), measure
 held-out greedy accuracy and pass@G, then run a minimal on-policy group-RL loop for a fixed wall time and print
-greedy accuracy every `--eval-every-s` seconds. The loss is the sequence-level policy gradient that GSPO reduces to
-on-policy (ratio 1): A_i = (r_i - mean_group) / (std_group + 1e-6), loss = -mean_i A_i * mean_t log pi(y_it) with
-log pi taken at the sampling temperature. `--staleness K` trains each rollout batch K updates after it was sampled
-and `--clip-low/--clip-high` turn on GSPO's clipped sequence ratio, to see how the asynchronous system's lag and
-clip range change the curve.
+greedy accuracy every `--eval-every-s` seconds of RL time (evaluation time is not counted). The loss is the
+sequence-level policy gradient that GSPO reduces to on-policy (ratio 1): A_i = (r_i - mean_group) / (std_group +
+1e-6), loss = -mean_i A_i * mean_t log pi(y_it), log pi taken at the sampling temperature. `--staleness K` trains
+each rollout batch K updates after it was sampled, and `--clip-low/--clip-high` turn on GSPO's clipped sequence
+ratio (behaviour logprobs from the engine), to see how the asynchronous system's lag and clip range change the curve.
 
     PYTHONPATH=. HF_HUB_OFFLINE=1 python tools/tune_quickstart.py --rl-seconds 240
 
-The defaults of `gspo_async.models.tiny.build_tiny` and of configs/quickstart.yaml come from runs of this script.
-It prints one JSON line per evaluation (prefix "EVAL") so runs can be compared with grep.
+It prints one JSON line per evaluation (prefix "EVAL") so runs can be compared with grep. The defaults of
+`gspo_async.models.tiny.build_tiny` and of this script are the settings these runs picked (2 CPU cores, 1 thread):
+2-digit addition, Llama 2 x 128 (0.54M parameters), warm-up until greedy accuracy on training prompts reaches 0.3
+(seed 0: 550 steps, ~25 s; held-out greedy 0.35, pass@8 0.71-0.75), then lr 2e-4, G = 8, 16 prompts per step,
+temperature 1, 8 new tokens: greedy accuracy 0.35 -> 0.81 after 30 s (407 steps) and 0.875 after 240 s. Starting
+the RL earlier, from a model that is almost never right (greedy 0.04, pass@8 0.2-0.35), gained under 10 points in
+2 minutes; lr 1e-3 from there collapsed to 0.
 """
 
 from __future__ import annotations

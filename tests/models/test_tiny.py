@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +10,6 @@ import torch
 from gspo_async.models.loading import load_model_and_tokenizer
 from gspo_async.models.tiny import TINY_META, build_tiny, tiny_config
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +70,10 @@ def test_warm_up_stops_at_the_target(tmp_path):
 def test_config_rejects_odd_head_dims():
     with pytest.raises(ValueError, match="head_dim"):
         tiny_config(100, hidden_size=100, layers=1, heads=4, max_positions=32)
+
+
+def test_builds_for_the_sort_task(tmp_path):
+    out = build_tiny(tmp_path, task="sort", task_options={"length": 4}, warmup_steps=10, warmup_target_accuracy=None,
+                     num_threads=None)  # fmt: skip
+    meta = json.loads((out / TINY_META).read_text())
+    assert meta["task"] == "sort" and meta["settings"]["task_options"] == {"length": 4}

@@ -15,14 +15,22 @@ from gspo_async.actor.engines.base import Engine
 
 
 def build_engine(cfg, model_dir: str | Path, seed: int) -> Engine:
-    """The engine named by ``cfg.actor.engine`` (hf | vllm | vllm-fake) over `model_dir`."""
+    """The engine named by ``cfg.actor.engine`` (hf | vllm | vllm-fake | simulated) over `model_dir`."""
     name = cfg.actor.engine
     if name in ("vllm", "vllm-fake"):
         from gspo_async.actor.engines.vllm import VLLMEngine
 
         return VLLMEngine.from_config(cfg, model_dir, seed)
+    if name == "simulated":
+        from gspo_async.actor.engines.simulated import SimulatedEngine, SimulationSettings
+
+        # `actor.simulated` holds the length and cost model (SimulationSettings' fields); absent: the defaults.
+        settings = SimulationSettings.from_mapping(getattr(cfg.actor, "simulated", None))
+        engine = SimulatedEngine.from_model_dir(model_dir, settings, seed=seed)
+        engine.version = -1  # like a fresh transformers engine: wait for the first broadcast
+        return engine
     if name != "hf":
-        raise ValueError(f"actor.engine={name!r} is not one of hf, vllm, vllm-fake")
+        raise ValueError(f"actor.engine={name!r} is not one of hf, vllm, vllm-fake, simulated")
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
     from gspo_async.actor.engines.hf import HFEngine

@@ -7,6 +7,8 @@ token and the weight versions that produced it, and swaps in new weights between
 from __future__ import annotations
 
 import abc
+import collections
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -78,3 +80,31 @@ class Engine(abc.ABC):
 
     def close(self) -> None:
         """Release memory and devices. Default: nothing to release."""
+
+
+class RateMeter:
+    """Generated tokens per second over a sliding window, plus totals: every engine's `stats()` core."""
+
+    def __init__(self, window_s: float = 30.0):
+        self.window_s = window_s
+        self.tokens_total = 0
+        self.generate_s_total = 0.0
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()  # (end time, tokens) per call
+        self._started = time.monotonic()
+
+    def record(self, tokens: int, seconds: float) -> None:
+        """One generate call produced `tokens` tokens in `seconds`."""
+        now = time.monotonic()
+        self.tokens_total += tokens
+        self.generate_s_total += seconds
+        self._recent.append((now, tokens))
+        while self._recent and self._recent[0][0] < now - self.window_s:
+            self._recent.popleft()
+
+    def snapshot(self) -> dict[str, float]:
+        """tokens_per_s (tokens in the last window, or since start, per wall second), tokens_total, generate_s_total."""
+        now = time.monotonic()
+        window = min(self.window_s, max(now - self._started, 1e-9))
+        recent = sum(tok for t, tok in self._recent if t >= now - window)
+        return {"tokens_per_s": recent / window, "tokens_total": float(self.tokens_total),
+                "generate_s_total": self.generate_s_total}

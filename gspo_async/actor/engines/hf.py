@@ -18,7 +18,6 @@ reports logprobs at temperature 1.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 import torch
 
-from gspo_async.actor.engines.base import Engine, Generation, SamplingSettings
+from gspo_async.actor.engines.base import Engine, Generation, RateMeter, SamplingSettings
 
 
 class HFEngine(Engine):
@@ -69,11 +68,7 @@ class HFEngine(Engine):
         self.pad_id = int(pad) if pad is not None else min(self.stop_ids)
         self._generator = torch.Generator(device=self.device)
         self._calls = 0
-        self._tokens_total = 0
-        self._generate_s_total = 0.0
-        self._window_s = stats_window_s
-        self._recent: collections.deque[tuple[float, int]] = collections.deque()  # (end time, tokens) per call
-        self._started = time.monotonic()
+        self._rate = RateMeter(stats_window_s)
 
     # -- generation ---------------------------------------------------------------------------------------------
 
@@ -139,24 +134,11 @@ class HFEngine(Engine):
     # -- stats --------------------------------------------------------------------------------------------------
 
     def _record(self, tokens: int, seconds: float) -> None:
-        now = time.monotonic()
-        self._tokens_total += tokens
-        self._generate_s_total += seconds
-        self._recent.append((now, tokens))
-        while self._recent and self._recent[0][0] < now - self._window_s:
-            self._recent.popleft()
+        self._rate.record(tokens, seconds)
 
     def stats(self) -> dict[str, float]:
-        """tokens_per_s: tokens generated in the last `stats_window_s` seconds (or since start) per wall second."""
-        now = time.monotonic()
-        window = min(self._window_s, max(now - self._started, 1e-9))
-        recent = sum(tok for t, tok in self._recent if t >= now - window)
-        return {
-            "tokens_per_s": recent / window,
-            "tokens_total": float(self._tokens_total),
-            "generate_s_total": self._generate_s_total,
-            "version": float(self.version),
-        }
+        """tokens_per_s over the last `stats_window_s` seconds (or since start), totals, and the loaded version."""
+        return {**self._rate.snapshot(), "version": float(self.version)}
 
     def close(self) -> None:
         self.model = None  # drop the reference so the weights can be freed

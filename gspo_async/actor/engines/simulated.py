@@ -21,7 +21,6 @@ log-probability of a uniform draw: finite and <= 0 as the protocol requires, unr
 
 from __future__ import annotations
 
-import collections
 import json
 import math
 import time
@@ -32,7 +31,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from gspo_async.actor.engines.base import Engine, Generation, SamplingSettings
+from gspo_async.actor.engines.base import Engine, Generation, RateMeter, SamplingSettings
 
 
 @dataclass
@@ -115,11 +114,7 @@ class SimulatedEngine(Engine):
         self.token_logprob = -math.log(len(self.content_ids))
         self._weights: dict[str, torch.Tensor] = {}
         self._calls = 0
-        self._tokens_total = 0
-        self._generate_s_total = 0.0
-        self._window_s = stats_window_s
-        self._recent: collections.deque[tuple[float, int]] = collections.deque()
-        self._started = time.monotonic()
+        self._rate = RateMeter(stats_window_s)
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, settings: Optional[SimulationSettings] = None,
@@ -209,17 +204,8 @@ class SimulatedEngine(Engine):
     # -- stats --------------------------------------------------------------------------------------------------
 
     def _record(self, tokens: int, seconds: float) -> None:
-        now = time.monotonic()
-        self._tokens_total += tokens
-        self._generate_s_total += seconds
-        self._recent.append((now, tokens))
-        while self._recent and self._recent[0][0] < now - self._window_s:
-            self._recent.popleft()
+        self._rate.record(tokens, seconds)
 
     def stats(self) -> dict[str, float]:
-        """tokens_per_s over the last `stats_window_s` seconds; generate_s_total is simulated time when not sleeping."""
-        now = time.monotonic()
-        window = min(self._window_s, max(now - self._started, 1e-9))
-        recent = sum(tok for t, tok in self._recent if t >= now - window)
-        return {"tokens_per_s": recent / window, "tokens_total": float(self._tokens_total),
-                "generate_s_total": self._generate_s_total, "version": float(self.version)}
+        """tokens_per_s over the last `stats_window_s` seconds (or since start), totals, and the loaded version."""
+        return {**self._rate.snapshot(), "version": float(self.version)}

@@ -26,6 +26,7 @@ included) takes about 15 minutes on 2 cores; --quick about 2.5 minutes.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -131,6 +132,8 @@ def aggregate(runs: list[dict], target: Optional[float], target_frac: float) -> 
                 "time_to_target_s": statistics.median(h[0] for h in reached) if reached else None,
                 "steps_to_target": statistics.median(h[1] for h in reached) if reached else None,
                 "final_acc": statistics.fmean(finals), "final_acc_min": min(finals),
+                # standard error over seeds: it holds both the evaluation's and the training's randomness
+                "final_acc_se": statistics.stdev(finals) / math.sqrt(len(finals)) if len(finals) > 1 else None,
                 "peak_acc": statistics.fmean(peaks),
                 "drop_from_peak": statistics.fmean(p - f for p, f in zip(peaks, finals)),
                 "ended_below_start": sum(f < r["evals"][0]["accuracy"] for f, r in zip(finals, cell)),
@@ -150,7 +153,8 @@ COLUMNS: list[Column] = [
     ("ratio", "ratio", None), ("max_staleness", "max staleness", "d"), ("staleness_mean", "mean staleness", ".2f"),
     ("reached", "reached target", None), ("time_to_target_s", "time to target s", ".0f"),
     ("steps_to_target", "steps to target", ".0f"), ("speedup_vs_sync", "vs sync (time)", ".2f"),
-    ("final_acc", "final acc", ".3f"), ("final_acc_min", "worst seed", ".3f"), ("peak_acc", "peak acc", ".3f"),
+    ("final_acc", "final acc", ".3f"), ("final_acc_se", "+- s.e.", ".3f"), ("final_acc_min", "worst seed", ".3f"),
+    ("peak_acc", "peak acc", ".3f"),
     ("drop_from_peak", "peak - final", ".3f"), ("ended_below_start", "ended below start", "d"),
     ("clipfrac", "clipfrac tok", ".3f"), ("clipfrac_seq", "clipfrac seq", ".3f"), ("steps_per_s", "steps/s", ".2f")]
 
@@ -298,6 +302,15 @@ def findings(rows: list[dict]) -> list[str]:
                    f"ended below the start); clipped sequences {lo['clipfrac_seq']:.2f} -> {hi['clipfrac_seq']:.2f}, "
                    f"clipped tokens {lo['clipfrac']:.3f} -> {hi['clipfrac']:.3f}; time to target {secs(lo)} -> "
                    f"{secs(hi)} ({hi['steps_per_s']:.1f} vs {lo['steps_per_s']:.1f} steps/s).")
+    for ratio in RATIOS:
+        lo, hi = by.get((ratio, levels[0])), by.get((ratio, levels[-1]))
+        if lo is None or hi is None or lo is hi or lo["final_acc_se"] is None or hi["final_acc_se"] is None:
+            continue
+        drop, se = lo["final_acc"] - hi["final_acc"], math.hypot(lo["final_acc_se"], hi["final_acc_se"])
+        out.append(f"- {ratio}: from max staleness {levels[0]} to {levels[-1]} the mean final accuracy "
+                   f"{'fell' if drop >= 0 else 'rose'} by {abs(drop):.3f} +- {se:.3f} (standard error over "
+                   f"{lo['seeds']} seeds, evaluation and training noise together): "
+                   f"{abs(drop) / max(se, 1e-9):.1f} standard errors.")
     return out + ([""] if out else [])
 
 

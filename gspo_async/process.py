@@ -8,6 +8,18 @@ import threading
 from typing import Callable, Optional
 
 
+def rss_mb(pid: int) -> Optional[float]:
+    """Resident memory of process `pid` in MiB (Linux /proc), or None if it cannot be read (gone, not Linux)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
 def setup_process(threads: int = 1) -> None:
     """One torch thread per process by default: learner and actors share the cores (3x faster on 2 cores)."""
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))

@@ -145,6 +145,8 @@ class Actor:
                 self._configure(self.client.welcome)
                 while self.engine.version < 0 and not self.stop.is_set():
                     self.apply_pending_weights(wait_s=0.5)
+                if self.stop.is_set():  # stopped while waiting for weights: generate nothing with none
+                    break
             self.apply_pending_weights()
             # The learner holds the request until admission opens (a new version), so no polling loop here.
             leases = self.client.lease(cfg.actor.prompts_per_lease, timeout_s=10, wait_s=5)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 _NAME = re.compile(r"^step-(\d{8})$")
+_ASIDE = re.compile(r"^\.old-step-(\d{8})-\d+$")  # a complete step moved aside while the same step is re-saved
 
 
 @dataclass
@@ -66,6 +67,7 @@ def save_checkpoint(root: Path, *, step: int, version: int, model: torch.nn.Modu
     `extra_writer(tmp_dir)` adds engine-specific files (e.g. DeepSpeed's partitioned optimiser state) before the
     directory is sealed."""
     root.mkdir(parents=True, exist_ok=True)
+    _tidy(root)
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -79,9 +81,18 @@ def save_checkpoint(root: Path, *, step: int, version: int, model: torch.nn.Modu
             extra_writer(tmp)
         (tmp / "state.json").write_text(json.dumps({"step": step, "version": version, **state}))
         _fsync_tree(tmp)
-        if final.exists():  # re-saving the same step (e.g. the final save after a periodic one)
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        if final.exists():  # re-saving a step (the final save after a periodic one): never delete before renaming
+            aside = root / f".old-step-{step:08d}-{os.getpid()}"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.rename(final, aside)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                os.rename(aside, final)
+                raise
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -96,12 +107,32 @@ def save_checkpoint(root: Path, *, step: int, version: int, model: torch.nn.Modu
     return final
 
 
+def _tidy(root: Path) -> None:
+    """Clean up after saves that died (only the saving process calls this: one learner writes a run directory).
+    Temporary directories of other processes are removed; a step moved aside whose re-save never landed is put
+    back under its name, and one that did land is removed."""
+    for path in root.iterdir():
+        if path.name.startswith(".tmp-step-") and not path.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(path, ignore_errors=True)
+        elif (m := _ASIDE.match(path.name)) is not None:
+            final = root / f"step-{m.group(1)}"
+            if final.exists():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.rename(path, final)
+
+
 def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoint directories under `root`, oldest first."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name) and (p / "state.json").is_file()]
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))
+    found = {int(m.group(1)): p for p in root.iterdir()
+             if p.is_dir() and (m := _NAME.match(p.name)) and (p / "state.json").is_file()}
+    for p in root.iterdir():  # a step moved aside by a re-save that died before its new copy landed
+        m = _ASIDE.match(p.name)
+        if m is not None and p.is_dir() and int(m.group(1)) not in found and (p / "state.json").is_file():
+            found[int(m.group(1))] = p
+    return [found[k] for k in sorted(found)]
 
 
 def load_latest(root: Path) -> Optional[Checkpoint]:

@@ -20,6 +20,9 @@ Admission control (AReaL's bound): a lease is granted only while
     accepted + in_flight <= (max_staleness + version + 1) * groups_per_step,
 accepted = buffered + training + trained (dropped groups do not count, so replacements can be leased),
 in_flight = leased prompts. max_staleness = 0 makes the run synchronous.
+
+Every prompt that ends (trained or dropped) is also appended to `journal`, which the learner drains into the run's
+ledger (learner/ledger.py): an audit trail, independent of the counters, of which group went into which step.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class _Open:
     since: float = 0.0  # clock time it entered its current state (lease granted / group buffered)
     attempts: int = 0  # leases granted for this prompt so far
     group: Optional[RolloutGroup] = None  # the accepted group (states buffered, training)
+    taken_at: int = -1  # weight version when take() handed the group out for training
 
 
 @dataclass
@@ -81,6 +85,10 @@ def _number(value: Any) -> float:
 def length_bin(n: int) -> int:
     """Histogram bin of a response length: b covers [2^(b-1), 2^b), i.e. the bit length of n."""
     return int(n).bit_length()
+
+
+def _group_record(group: RolloutGroup) -> dict[str, Any]:
+    return {"group_id": group.group_id, "actor_id": group.actor_id, "min_version": int(group.min_version)}
 
 
 class Coordinator:
@@ -135,6 +143,8 @@ class Coordinator:
         self.dropped_prompts: Counter[str] = Counter()
         self.lengths: dict[str, Counter[int]] = {"kept": Counter(), "dropped": Counter()}  # response length bins
         self.staleness: Counter[int] = Counter()  # lag of the groups handed out for training
+        self.journal: list[dict[str, Any]] = []  # prompts ended since the last drain_journal()
+        self.intake_closed = False  # set by close_intake(): the learner is saving its final state
 
     # -------------------------------------------------------------------------------------------------- sizes
     @property
@@ -215,7 +225,7 @@ class Coordinator:
         granted, else 'admission' (closed until the next version or a drop) or 'exhausted'."""
         granted: list[Prompt] = []
         now = self.clock()
-        want = min(n, self.capacity())
+        want = 0 if self.intake_closed else min(n, self.capacity())
         while len(granted) < want:
             if self._queue:
                 entry = self._open[self._queue.popleft()]
@@ -272,10 +282,13 @@ class Coordinator:
     # ----------------------------------------------------------------------------------------------- groups
     def offer(self, actor_id: str, group: RolloutGroup) -> str:
         """Take a validated group from `actor_id`: 'accepted', 'duplicate', 'dropped' (its prompt already ended
-        dropped) or 'retry_later' (buffer full). Raises ProtocolError for a prompt never issued or a prompt
-        whose tokens differ from the issued ones."""
+        dropped) or 'retry_later' (buffer full, or intake closed). Raises ProtocolError for a prompt never issued or
+        a prompt whose tokens differ from the issued ones."""
         self.n["groups_received"] += 1
         pid = group.prompt_id
+        if self.intake_closed:  # not accepted after the final state is taken: the actor keeps it and resends
+            self.n["groups_retry_later"] += 1
+            return "retry_later"
         if group.group_id in self._group_ids:
             self.n["groups_duplicate"] += 1
             return "duplicate"
@@ -314,6 +327,12 @@ class Coordinator:
             actor.tokens_accepted += group.num_tokens
         return "accepted"
 
+    def close_intake(self) -> None:
+        """The learner is stopping: from now on no lease is granted and no group accepted ('retry_later', so the
+        actor keeps it for a resumed learner). The state saved afterwards then holds every group acknowledged as
+        accepted."""
+        self.intake_closed = True
+
     def count_rejected(self, code: str, is_group: bool) -> None:
         self.rejected[code] += 1
         if is_group:
@@ -335,7 +354,7 @@ class Coordinator:
             if self.drop_stale and lag > self.max_staleness:
                 self._end(pid, "stale")
                 continue
-            entry.state = TRAINING
+            entry.state, entry.taken_at = TRAINING, self.version
             self._training[pid] = None
             self.staleness[lag] += 1
             for length in group.response_lengths:
@@ -347,12 +366,14 @@ class Coordinator:
         """These taken groups were trained on: their prompts end as trained."""
         for group in groups:
             pid = self._taken(group)
-            self._open.pop(pid)
+            entry = self._open.pop(pid)
             del self._training[pid]
             self._group_ids.pop(group.group_id, None)  # from now on the prompt-level check answers resends
             self.n["prompts_trained"] += 1
             self.n["groups_trained"] += 1
             self.n["tokens_trained"] += group.num_tokens
+            self.journal.append({"prompt_id": pid, "outcome": "trained", **_group_record(group),
+                                 "trained_at": entry.taken_at})
 
     def mark_dropped(self, groups: list[RolloutGroup], reason: str) -> None:
         """These taken groups will not be trained on (e.g. a filter): their prompts end dropped with `reason`."""
@@ -381,6 +402,15 @@ class Coordinator:
                 self.lengths["dropped"][length_bin(length)] += 1
         self._dropped[pid] = reason
         self.dropped_prompts[reason] += 1
+        self.journal.append({"prompt_id": pid, "outcome": "dropped", "reason": reason,
+                             **(_group_record(entry.group) if entry.group is not None else {})})
+
+    def drain_journal(self) -> list[dict[str, Any]]:
+        """The prompts that ended since the last call, in order: {prompt_id, outcome: trained|dropped, reason (if
+        dropped), group_id, actor_id, min_version (if a group existed), trained_at (trained: the weight version the
+        learner held when it took the group, so its staleness is trained_at - min_version)}."""
+        out, self.journal = self.journal, []
+        return out
 
     # ---------------------------------------------------------------------------------------------- version
     def set_version(self, version: int) -> None:

@@ -130,6 +130,11 @@ class Learner:
         from gspo_async.telemetry.sinks import build_sinks
 
         self.registry = MetricRegistry("learner", self.run_dir, sinks=build_sinks(cfg.telemetry, self.run_dir))
+        self.ledger = None
+        if cfg.learner.ledger:
+            from gspo_async.learner.ledger import LedgerWriter
+
+            self.ledger = LedgerWriter(self.run_dir, resumed_from=ckpt.step if ckpt is not None else -1)
         self.known_actors: set[str] = set()
         self.eval_engine = HFEngine((self.model, self.tokenizer), device=cfg.learner.device, seed=cfg.seed)
 
@@ -154,29 +159,48 @@ class Learner:
         self.server.start()
         self.server.set_version(self.version)
         self.published_members: Optional[list[str]] = None
+        self.weight_excluded: dict[str, float] = {}  # actor id -> monotonic time its broadcast failed
         self.last_sync: dict[str, float] = {}
         self.dashboard = None
         self.stop = StopFlag()
 
     # ----- the pieces of the loop -----
-    def sync_weights(self, reason: str) -> None:
-        """Broadcast the current weights to every live actor (a failure is logged; the next call rebuilds)."""
-        members = sorted(self.server.live_actor_ids())
+    def weight_members(self) -> list[str]:
+        """Live actors that take part in broadcasts: all but those excluded after a recent failed round."""
+        now, hold = time.monotonic(), self.cfg.learner.weight_sync.exclude_s
+        self.weight_excluded = {a: t for a, t in self.weight_excluded.items() if now - t < hold}
+        return sorted(set(self.server.live_actor_ids()) - set(self.weight_excluded))
+
+    def sync_weights(self, reason: str, retry: bool = True) -> None:
+        """Broadcast the current weights to the live actors (a failure is logged; the next call rebuilds). Actors
+        that made the round fail are excluded for weight_sync.exclude_s, then tried again; the others get this
+        version at once by a second round without them."""
+        members = self.weight_members()
         if self.distributed:  # every rank takes part in gathering (ZeRO-3) the weights
             from gspo_async.learner.distributed import announce_weights
 
             announce_weights()
         result = self.publisher.publish(list(self.engine.broadcast_tensors()), self.version, members)
-        self.last_sync = {"weights/sync_s": result.seconds, "weights/bytes": float(result.nbytes)}
+        self.last_sync = {"weights/sync_s": result.seconds, "weights/bytes": float(result.nbytes),
+                          "weights/transfer_s": max(result.seconds - result.group_seconds, 0.0)}
         if result.ok:
             self.published_members = members
+            self.registry.inc("weights/syncs")
+            self.registry.inc("weights/bytes_sent", float(result.nbytes * len(members)))
         else:
             self.published_members = None  # rebuild at the next chance
-            print(f"[learner] weight sync v{self.version} ({reason}) to {members} failed: {result.error}",
-                  flush=True)
+            self.registry.inc("weights/failures")
+            excluded = [m for m in result.missing if m in members] if self.cfg.learner.weight_sync.exclude_s else []
+            self.weight_excluded.update({m: time.monotonic() for m in excluded})
+            print(f"[learner] weight sync v{self.version} ({reason}) to {members} failed: {result.error}"
+                  + (f"; leaving {excluded} out of broadcasts for {self.cfg.learner.weight_sync.exclude_s:g}s"
+                     if excluded else ""), flush=True)
+            if excluded and retry and self.weight_members():
+                self.sync_weights(f"{reason}, without {excluded}", retry=False)
+        self.registry.set("weights/excluded", float(len(self.weight_excluded)))
 
     def membership_changed(self) -> bool:
-        return sorted(self.server.live_actor_ids()) != self.published_members
+        return self.weight_members() != self.published_members
 
     def evaluate(self) -> float:
         from gspo_async.actor.engines.base import SamplingSettings
@@ -192,16 +216,31 @@ class Learner:
                               SamplingSettings(temperature=0.0, max_new_tokens=max_new))
         return float(result["accuracy"])
 
+    def record_ended(self, records: list[dict[str, Any]], sync: bool = False) -> None:
+        """Append prompts that ended by this step to the ledger (a failed write is logged; training goes on)."""
+        if self.ledger is None:
+            return
+        try:
+            self.ledger.write(self.step, records)
+            if sync:
+                self.ledger.sync()
+        except OSError as err:
+            self.registry.inc("ledger/write_failures")
+            print(f"[learner] ledger write at step {self.step} failed ({err}); {len(records)} records are missing "
+                  f"from {self.ledger.path}", flush=True)
+
     def checkpoint(self) -> None:
         from gspo_async.learner.checkpoint import save_checkpoint
 
+        coordinator_state, ended = self.server.snapshot()
+        self.record_ended(ended, sync=True)  # the ledger reaches this state before the checkpoint that holds it
         try:
             save_checkpoint(self.ckpt_root, step=self.step, version=self.version, model=self.model,
                             tokenizer=self.tokenizer,
                             trainer_state={"engine": self.engine.state_dict(),
                                            "running": self.trainer.running.state_dict(),
                                            "generator": self.trainer.generator.get_state()},
-                            state={"coordinator": self.server.state_dict(), "history": self.history},
+                            state={"coordinator": coordinator_state, "history": self.history},
                             keep=self.cfg.learner.checkpoint.keep, extra_writer=self._save_engine_files)
         except OSError as err:  # full disk, permissions: keep training, keep the previous checkpoint
             self.registry.inc("checkpoint/failures")
@@ -300,6 +339,7 @@ class Learner:
             self.sync_weights("new version")
             self.server.set_version(self.version)
             self.server.mark_trained(batch)
+            self.record_ended(self.server.drain_journal())
             train_s = time.time() - t0
             busy += train_s
             metrics.update({
@@ -322,6 +362,7 @@ class Learner:
             self._print_progress(metrics, time.time() - start)
             if cfg.learner.checkpoint.every and self.step % cfg.learner.checkpoint.every == 0:
                 self.checkpoint()
+        self.server.close_intake()  # what is acknowledged as accepted from here on would miss the final state
         self.checkpoint()
         if self.distributed:
             from gspo_async.learner.distributed import broadcast_batch
@@ -350,7 +391,7 @@ class Learner:
               f"metrics in {self.run_dir / 'metrics.jsonl'}", flush=True)
 
     def close(self) -> None:
-        for part in (self.server, self.publisher, self.registry, self.dashboard, self.reward):
+        for part in (self.server, self.publisher, self.registry, self.dashboard, self.reward, self.ledger):
             if part is not None and hasattr(part, "close"):
                 try:
                     part.close()

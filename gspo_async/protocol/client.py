@@ -54,6 +54,7 @@ class _Pending:
 
     frames: list
     prompt_id: int
+    max_version: int = 0  # newest weight version any of its tokens came from
     sends: int = 0
 
 
@@ -70,14 +71,16 @@ class ActorClient:
     engine: the generation engine's name (reported to the learner). curve: keys for a CURVE learner.
     stats_fn: returns the actor's statistics (name -> number) for each heartbeat; called on the client's thread.
     ack_timeout_s: resend a group not acknowledged within this time. learner_timeout_s: reconnect when the
-    learner says nothing for this long (default max(5 heartbeats, 3 s)).
+    learner says nothing for this long (default max(5 heartbeats, 3 s)). on_ack(group_id, status): called on the
+    client's thread once per pushed group when its final ack arrives (accepted, duplicate or dropped); keep it short.
     """
 
     def __init__(self, address: str, actor_id: str, *, engine: str = "unknown",
                  curve: Optional[CurveClientKeys] = None, stats_fn: Optional[Callable[[], dict]] = None,
                  ack_timeout_s: float = 30.0, learner_timeout_s: Optional[float] = None,
                  capabilities: Optional[dict[str, Any]] = None, frame_threshold: int = DEFAULT_FRAME_THRESHOLD,
-                 on_version: Optional[Callable[[int], None]] = None):
+                 on_version: Optional[Callable[[int], None]] = None,
+                 on_ack: Optional[Callable[[str, str], None]] = None):
         self.host, self.port = parse_address(address)
         for name, value in (("actor_id", actor_id), ("engine", engine)):
             if not isinstance(value, str) or not ID_PATTERN.fullmatch(value) or len(value) > 200:
@@ -90,6 +93,7 @@ class ActorClient:
         self.capabilities = dict(capabilities or {})
         self.frame_threshold = frame_threshold
         self.on_version = on_version
+        self.on_ack = on_ack
         self.instance = uuid.uuid4().hex[:16]
         self.version = 0  # latest weight version the learner announced
         self.applied_version: Optional[int] = None  # weights this actor runs (reported in heartbeats)
@@ -100,7 +104,7 @@ class ActorClient:
         # written by the client's thread; all keys exist from the start so readers never see the dict grow
         self.counters: Counter[str] = Counter({k: 0 for k in (
             "pushed", "resent", "ack_timeouts", "ack_accepted", "ack_duplicate", "ack_dropped", "ack_retry_later",
-            "rejected", "errors", "bad_replies", "registrations", "learner_restarts", "reconnects",
+            "rejected", "rolled_back", "errors", "bad_replies", "registrations", "learner_restarts", "reconnects",
             "handshakes_failed", "lease_timeouts", "stats_errors")})
         self.rejected: deque[tuple[str, str, str]] = deque(maxlen=100)  # (group_id, code, message)
 
@@ -183,7 +187,7 @@ class ActorClient:
         with self._lock:
             if group.group_id in self._pending:
                 raise ValueError(f"group {group.group_id} was pushed twice; group ids must be unique")
-            self._pending[group.group_id] = _Pending(frames, group.prompt_id)
+            self._pending[group.group_id] = _Pending(frames, group.prompt_id, group.max_version)
             self._fresh.append(group.group_id)
             self.counters["pushed"] += 1
         self._waker.wake()
@@ -435,6 +439,8 @@ class ActorClient:
             self.welcome = w
             self._registered, self._register_due = True, None
             self._next_heartbeat = now + w.heartbeat_interval_s
+            if restarted:  # resumed from a checkpoint older than some of our weights: those groups cannot count
+                self._discard_rolled_back(w.version)
             self._fresh = deque(self._pending)  # resend everything unacked, in push order
             waiting = [waiter.request for waiter in self._waiters.values()]  # unanswered requests: again, once
             self._outbox = deque([m for m in self._outbox if m not in waiting] + waiting)
@@ -442,6 +448,24 @@ class ActorClient:
             self.counters["learner_restarts"] += restarted
             self._cond.notify_all()
         self._set_version(w.version)
+
+    def _discard_rolled_back(self, version: int) -> None:
+        """Drop unacked groups made by weights newer than `version`, the version a restarted learner resumed at:
+        those weights were lost with the crash, so the learner would reject the groups as forged. Their prompts
+        are returned so they are re-issued at once. Call with the lock held."""
+        gone = {gid: p for gid, p in self._pending.items() if p.max_version > version}
+        if not gone:
+            return
+        for gid in gone:
+            del self._pending[gid]
+            self.rejected.append((gid, "rolled_back", f"made by weights newer than the resumed version {version}"))
+        self.counters["rolled_back"] += len(gone)
+        self._outbox.append(LeaseRequest(0, returned=sorted({p.prompt_id for p in gone.values()}),
+                                         rid=next(self._rids)))
+        log.warning("the learner resumed at version %d: dropped %d unacknowledged groups made by newer weights and "
+                    "returned their prompts", version, len(gone))
+        if not self._pending:
+            self._cond.notify_all()
 
     def _on_ack(self, ack: Ack, now: float) -> None:
         with self._cond:
@@ -452,7 +476,13 @@ class ActorClient:
             if ack.status == "retry_later":
                 heapq.heappush(self._timers, (now + ack.retry_after_s, ack.group_id, pending.sends))
                 return
-            del self._pending[ack.group_id]
+        if self.on_ack is not None:  # before the group leaves the pending set: wait_acked() implies it ran
+            try:
+                self.on_ack(ack.group_id, ack.status)
+            except Exception:  # the callback's bug must not stop the client's thread
+                log.exception("on_ack callback failed")
+        with self._cond:
+            del self._pending[ack.group_id]  # only this thread removes pending groups
             if not self._pending:  # wait_acked waits for an empty set: no wake-up per ack
                 self._cond.notify_all()
 

@@ -268,6 +268,22 @@ class LearnerServer:
         with self._lock:
             self.coordinator.load_state_dict(state)
 
+    def close_intake(self) -> None:
+        """Grant no more leases and accept no more groups (Coordinator.close_intake): call before the final save."""
+        with self._lock:
+            self.coordinator.close_intake()
+
+    def drain_journal(self) -> list[dict[str, Any]]:
+        """Prompts that ended since the last drain (Coordinator.drain_journal)."""
+        with self._lock:
+            return self.coordinator.drain_journal()
+
+    def snapshot(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The coordinator's state and the journal drained at the same instant: a checkpoint's state and the ledger
+        lines that bring the ledger up to exactly that state."""
+        with self._lock:
+            return self.coordinator.state_dict(), self.coordinator.drain_journal()
+
     def _poke(self) -> None:
         if self._thread is not None:
             self._waker.wake()

@@ -114,6 +114,10 @@ _METRICS: list[Metric] = [
     _m("learner/busy_frac", GAUGE, "share of wall time spent training since the previous record, in [0, 1]"),
     _m("learner/wait_s", GAUGE, "time the last optimiser step waited for data", "s"),
     _m("learner/wait_total_s", COUNTER, "total time spent waiting for data", "s"),
+    _m("checkpoint/failures", COUNTER, "checkpoint saves that failed (full disk, permissions); training went on",
+       "saves"),
+    _m("ledger/write_failures", COUNTER, "ledger appends that failed; their records are missing from ledger.jsonl",
+       "writes"),
     # --- queues, leases, fleet ---
     _m("buffer/groups", GAUGE, "groups accepted and waiting to be trained", "groups"),
     _m("buffer/age_mean_s", GAUGE, "mean time queued groups have waited in the buffer", "s"),
@@ -134,6 +138,8 @@ _METRICS: list[Metric] = [
     _m("weights/syncs", COUNTER, "weight broadcasts done", "syncs"),
     _m("weights/bytes_sent", COUNTER, "bytes sent in all weight broadcasts", "bytes"),
     _m("weights/failures", COUNTER, "broadcasts that timed out or lost a receiver (group rebuilt)", "syncs"),
+    _m("weights/excluded", GAUGE, "actors left out of broadcasts after failing one (weight_sync.exclude_s)",
+       "actors"),
 ]
 
 # The per-actor family, keyed by suffix: `actor/<id>/<suffix>`.

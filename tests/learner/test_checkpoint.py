@@ -97,3 +97,35 @@ def test_full_disk_raises_cleans_up_and_keeps_the_previous(tmp_path):
     assert out.returncode == 0 and "OSError" in out.stdout, out.stderr[-2000:]
     assert not list(tmp_path.glob(".tmp-*")), "the partial checkpoint was left behind"
     assert load_latest(tmp_path).step == 1
+
+
+def test_resaving_a_step_whose_rename_fails_keeps_the_old_copy(tmp_path, monkeypatch):
+    m = model()
+    save(tmp_path, 5, m, keep=1)
+    real_rename = os.rename
+
+    def failing_rename(src, dst):  # the disk fails at the worst moment: the new copy cannot take the name
+        if Path(src).name.startswith(".tmp-step-"):
+            raise OSError(28, "No space left on device")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(OSError):
+        save(tmp_path, 5, m, keep=1)
+    monkeypatch.undo()
+    ckpt = load_latest(tmp_path)
+    assert ckpt is not None and ckpt.path.name == "step-00000005"
+    assert load_trainer_state(ckpt)["engine"] == {"x": 5}
+
+
+def test_a_step_moved_aside_by_a_dead_resave_is_found_and_put_back(tmp_path):
+    m = model()
+    save(tmp_path, 4, m, keep=3)
+    path = save(tmp_path, 5, m, keep=3)
+    os.rename(path, tmp_path / ".old-step-00000005-4242")  # killed between moving it aside and renaming the new copy
+    (tmp_path / ".tmp-step-00000006-4242").mkdir()  # and a save of another process that died half-way
+    ckpt = load_latest(tmp_path)
+    assert ckpt.step == 5 and ckpt.path.name == ".old-step-00000005-4242"
+    save(tmp_path, 6, m, keep=3)  # the next save tidies up
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["step-00000004", "step-00000005", "step-00000006"], names

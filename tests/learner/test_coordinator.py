@@ -381,3 +381,17 @@ def test_load_state_dict_needs_a_fresh_coordinator_and_the_same_stream():
                         max_staleness=1, lease_timeout_s=1, heartbeat_timeout_s=1)
     with pytest.raises(ValueError, match="dataset"):
         other.load_state_dict(state)
+
+
+def test_closed_intake_grants_no_lease_and_accepts_no_group():
+    c, _ = make(groups_per_step=4, max_staleness=1)
+    leased, _ = c.lease("a0", 2)
+    assert c.offer("a0", group_for(leased[0])) == "accepted"
+    c.close_intake()
+    assert c.lease("a0", 1) == ([], "admission")
+    late = group_for(leased[1])
+    assert c.offer("a0", late) == "retry_later"  # kept by the actor for the next learner
+    state = c.state_dict()
+    assert {p["prompt_id"]: p["state"] for p in state["open"]} == {leased[0].prompt_id: "buffered",
+                                                                   leased[1].prompt_id: "leased"}
+    assert c.counters()["groups_retry_later"] == 1 and c.accounting()["balanced"]

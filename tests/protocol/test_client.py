@@ -69,7 +69,8 @@ def test_group_is_resent_after_an_ack_timeout_until_acked(learner):
 
 
 def test_retry_later_and_final_rejection(learner):
-    client, routing, _ = connected(learner)
+    acks = []
+    client, routing, _ = connected(learner, on_ack=lambda gid, status: acks.append((gid, status)))
     a = canned_group(LEASE, 2, 0, "a0")
     b = canned_group(PromptLease(8, np.array([4], np.int32), "", {}), 2, 0, "a0")
     client.push(a)
@@ -85,6 +86,7 @@ def test_retry_later_and_final_rejection(learner):
     assert client.wait_acked(5)
     assert list(client.rejected) == [(b.group_id, "bad_logprob", "positive")]
     assert client.counters["ack_retry_later"] == 1 and client.counters["ack_duplicate"] == 1
+    assert acks == [(a.group_id, "duplicate")]  # final acks only; a rejection is not an ack
     client.close()
 
 
@@ -100,6 +102,27 @@ def test_not_registered_makes_the_client_register_again_and_resend(learner):
     assert resent.group_id == group.group_id
     learner.send(routing2, Ack(group.group_id, "accepted"))
     assert client.wait_acked(5) and client.counters["registrations"] == 2
+    client.close()
+
+
+def test_a_learner_resumed_at_an_older_version_gets_back_the_prompts_of_groups_made_by_lost_weights(learner):
+    learner.version = 5
+    client, routing, _ = connected(learner)
+    old = canned_group(LEASE, 2, 4, "a0")  # made by weights 4: still in the resumed lineage
+    new = canned_group(PromptLease(8, np.array([4], np.int32), "", {}), 2, 5, "a0")  # weights 5: lost in the crash
+    client.push(old)
+    client.push(new)
+    assert {learner.recv(types=(RolloutGroup,))[1].group_id for _ in range(2)} == {old.group_id, new.group_id}
+    learner.session, learner.version = "session-2", 4  # crashed before the checkpoint of version 5; resumed at 4
+    learner.accept_register()
+    seen = {}
+    while "group" not in seen or "returned" not in seen:
+        _, msg = learner.recv(types=(RolloutGroup, LeaseRequest))
+        seen["group" if isinstance(msg, RolloutGroup) else "returned"] = msg
+    assert seen["group"].group_id == old.group_id  # resent
+    assert seen["returned"].returned == [8] and seen["returned"].n == 0  # re-issued at once, not after a timeout
+    assert client.unacked() == 1 and client.counters["rolled_back"] == 1
+    assert list(client.rejected)[-1][:2] == (new.group_id, "rolled_back")
     client.close()
 
 

@@ -33,7 +33,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -42,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from gspo_async.process import rss_mb  # noqa: E402
 from tools.bench.report import Column, machine_info, markdown_table, text_table, write_result  # noqa: E402
 
 DEFAULT_OUT = ROOT / "tools" / "bench" / "results" / "pipeline.json"
@@ -113,69 +113,7 @@ def task_prompts(cfg, count: int) -> list[list[int]]:
     return [encode_prompt(tokenizer, next(items).prompt, chat=cfg.task.chat_template or None) for _ in range(count)]
 
 
-# ----------------------------------------------------------------------------------------------- simulated actors
-def serve_actors(learner: str, actor_ids: list[str], settings_json: str) -> int:
-    """Run simulated actors as threads of this process until SIGTERM.
-
-    Each is the real actor loop (`gspo_async.actor.main.Actor`) told ``actor.engine=simulated`` and the
-    simulation settings by its local overrides, exactly as ``gspo-async actor ... engine=simulated`` would be.
-    """
-    from gspo_async.actor.engines.simulated import SimulationSettings
-    from gspo_async.actor.main import Actor
-    from gspo_async.process import setup_process
-
-    setup_process(1)
-    settings = SimulationSettings.from_mapping(json.loads(settings_json))  # checked here, not in every thread
-    overrides = ["engine=simulated", f"simulated={json.dumps(settings.to_dict())}"]
-    # Import what the actor loop imports lazily, once, here: transformers' lazy imports are not thread-safe.
-    import gspo_async.actor.engines.factory  # noqa: F401
-    import gspo_async.actor.engines.simulated  # noqa: F401
-    import gspo_async.actor.rewards  # noqa: F401
-    import gspo_async.tasks  # noqa: F401
-    import gspo_async.weights  # noqa: F401
-    from transformers import PreTrainedTokenizerFast  # noqa: F401
-
-    actors = [Actor(learner, actor_id, overrides, None, None) for actor_id in actor_ids]
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-
-    def run(actor: Actor) -> None:
-        try:
-            actor.run()
-        except Exception as err:  # one actor failing must not take the others down
-            print(f"[sim {actor.actor_id}] stopped with {type(err).__name__}: {err}", flush=True)
-            actor.close()  # says goodbye, so the learner stops counting it as a member
-
-    threads = [threading.Thread(target=run, args=(a,), name=a.actor_id, daemon=True) for a in actors]
-    for t in threads:
-        t.start()
-    while not stop.wait(0.5) and any(t.is_alive() for t in threads):
-        pass
-    for a in actors:
-        a.stop.event.set()
-    deadline = time.monotonic() + 40
-    for t in threads:
-        t.join(max(deadline - time.monotonic(), 0.1))
-    for a in actors:
-        try:
-            a.close()
-        except Exception as err:  # closing must not hide the run's result
-            print(f"[sim {a.actor_id}] error while closing: {err}", flush=True)
-    return 0
-
-
 # ----------------------------------------------------------------------------------------------- one run
-def _rss_mb(pid: int) -> Optional[float]:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
 def _stop(procs: list[subprocess.Popen], grace_s: float = 45.0) -> None:
     for p in procs:
         if p.poll() is None:
@@ -194,9 +132,10 @@ def launch(name: str, overrides: list[str], *, engine: str, actors: int, setting
            workdir: Path = WORKDIR) -> dict[str, Any]:
     """Run one learner + `actors` actors to completion; returns the run directory and the learner's RSS samples.
 
-    The processes are those `gspo-async local` starts (simulated actors: threads of ``--serve-actors``
-    processes). Once the learner has finished, the actors get SIGTERM and a few seconds before SIGKILL: their
-    graceful stop waits for acknowledgements a finished learner no longer sends, and nothing they hold counts.
+    The processes are those `gspo-async local` starts (simulated actors: threads of ``python -m
+    gspo_async.actor.swarm`` processes). Once the learner has finished, the actors get SIGTERM and a few seconds
+    before SIGKILL: their graceful stop waits for acknowledgements a finished learner no longer sends, and nothing
+    they hold counts.
     """
     from gspo_async.config import load_config
     from gspo_async.local import free_port
@@ -230,8 +169,9 @@ def launch(name: str, overrides: list[str], *, engine: str, actors: int, setting
                  for i in ids]
     else:
         chunks = [ids[i:i + ACTORS_PER_PROCESS] for i in range(0, len(ids), ACTORS_PER_PROCESS)]
-        procs = [start([sys.executable, __file__, "--serve-actors", address, ",".join(chunk), json.dumps(settings)],
-                       f"sim-actors-{k}.log") for k, chunk in enumerate(chunks)]
+        procs = [start([sys.executable, "-m", "gspo_async.actor.swarm", "--learner", address, "--ids",
+                        ",".join(chunk), "--simulated", json.dumps(settings)], f"sim-actors-{k}.log")
+                 for k, chunk in enumerate(chunks)]
     rss: list[tuple[float, float]] = []
     first_step = False
     try:
@@ -242,7 +182,7 @@ def launch(name: str, overrides: list[str], *, engine: str, actors: int, setting
                 _stop([learner], grace_s=60)
                 break
             first_step = first_step or ((run_dir / "metrics.jsonl").is_file() and bool(step_records(run_dir)))
-            mb = _rss_mb(learner.pid)
+            mb = rss_mb(learner.pid)
             if mb is not None:
                 rss.append((time.time(), mb))
             time.sleep(0.5)
@@ -426,11 +366,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="staleness 0 and 2, fewer steps, one simulated sweep, "
                                                          "scale at 16 actors only")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    ap.add_argument("--serve-actors", nargs=3, metavar=("LEARNER", "IDS", "SETTINGS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.serve_actors:
-        learner, ids, settings = args.serve_actors
-        return serve_actors(learner, ids.split(","), settings)
     if args.quick:
         args.staleness, args.real_steps, args.sim_steps, args.sim_actors = "0,2", 20, 10, "2"
         args.scale_actors, args.scale_steps = "16", 10

@@ -106,8 +106,9 @@ class WeightSyncConfig(_Section):
     timeout_s: float = Field(30.0, gt=0)
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     exclude_s: float = Field(60.0, ge=0, description="An actor that failed a broadcast (never got ready or never "
-                             "acknowledged) is left out of broadcasts this long, so one broken receiver cannot stall "
-                             "the fleet's weights; then it is tried again (0 = never leave anyone out).")
+                             "acknowledged) is left out of broadcasts for a while, so one broken receiver cannot "
+                             "stall the fleet's weights: timeout_s after a first failure, doubling up to exclude_s "
+                             "(0 = never leave anyone out).")
 
     def resolve_backend(self, device: str) -> str:
         """The torch.distributed backend for a process whose tensors live on `device` (auto: NCCL on CUDA)."""

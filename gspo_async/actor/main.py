@@ -94,7 +94,9 @@ class Actor:
         if self.weights is not None:
             self.weights.stop()
         backend = self.cfg.learner.weight_sync.resolve_backend(self.cfg.actor.device)
-        subscriber = WeightSubscriber(host, int(port), self.actor_id, timeout_s=self.cfg.learner.weight_sync.timeout_s,
+        # the id the learner assigned (another live process may hold the requested one): broadcasts name it
+        subscriber = WeightSubscriber(host, int(port), self.client.actor_id,
+                                      timeout_s=self.cfg.learner.weight_sync.timeout_s,
                                       device=self.cfg.actor.device, backend=backend)
         self.weights = WeightReceiverThread(subscriber).start()
         self.session = welcome.session

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
@@ -159,17 +160,23 @@ class Learner:
         self.server.start()
         self.server.set_version(self.version)
         self.published_members: Optional[list[str]] = None
-        self.weight_excluded: dict[str, float] = {}  # actor id -> monotonic time its broadcast failed
+        self.weight_excluded: dict[str, float] = {}  # actor id -> monotonic time until which it is left out
+        self.weight_failures: Counter[str] = Counter()  # consecutive failed rounds per actor (for the back-off)
+        self.weight_present: set[str] = set()  # actors whose weight receiver has been seen listening
         self.last_sync: dict[str, float] = {}
         self.dashboard = None
         self.stop = StopFlag()
 
     # ----- the pieces of the loop -----
     def weight_members(self) -> list[str]:
-        """Live actors that take part in broadcasts: all but those excluded after a recent failed round."""
-        now, hold = time.monotonic(), self.cfg.learner.weight_sync.exclude_s
-        self.weight_excluded = {a: t for a, t in self.weight_excluded.items() if now - t < hold}
-        return sorted(set(self.server.live_actor_ids()) - set(self.weight_excluded))
+        """Live actors that take part in broadcasts: those whose weight receiver is listening, but for those
+        excluded after a recent failed round."""
+        now = time.monotonic()
+        self.weight_excluded = {a: until for a, until in self.weight_excluded.items() if now < until}
+        live = set(self.server.live_actor_ids()) - set(self.weight_excluded)
+        self.weight_present &= live | set(self.weight_excluded)
+        self.weight_present |= set(self.publisher.present(sorted(live - self.weight_present)))
+        return sorted(live & self.weight_present)
 
     def sync_weights(self, reason: str, retry: bool = True) -> None:
         """Broadcast the current weights to the live actors (a failure is logged; the next call rebuilds). Actors
@@ -185,15 +192,21 @@ class Learner:
                           "weights/transfer_s": max(result.seconds - result.group_seconds, 0.0)}
         if result.ok:
             self.published_members = members
+            for m in members:
+                self.weight_failures.pop(m, None)
             self.registry.inc("weights/syncs")
             self.registry.inc("weights/bytes_sent", float(result.nbytes * len(members)))
         else:
             self.published_members = None  # rebuild at the next chance
             self.registry.inc("weights/failures")
-            excluded = [m for m in result.missing if m in members] if self.cfg.learner.weight_sync.exclude_s else []
-            self.weight_excluded.update({m: time.monotonic() for m in excluded})
+            sync = self.cfg.learner.weight_sync
+            excluded = [m for m in result.missing if m in members] if sync.exclude_s else []
+            for m in excluded:  # back off: one timeout after a first failure, doubling up to exclude_s
+                self.weight_failures[m] += 1
+                hold = min(sync.exclude_s, sync.timeout_s * 2 ** (self.weight_failures[m] - 1))
+                self.weight_excluded[m] = time.monotonic() + hold
             print(f"[learner] weight sync v{self.version} ({reason}) to {members} failed: {result.error}"
-                  + (f"; leaving {excluded} out of broadcasts for {self.cfg.learner.weight_sync.exclude_s:g}s"
+                  + (f"; leaving {excluded} out of broadcasts for a while (backing off up to {sync.exclude_s:g}s)"
                      if excluded else ""), flush=True)
             if excluded and retry and self.weight_members():
                 self.sync_weights(f"{reason}, without {excluded}", retry=False)

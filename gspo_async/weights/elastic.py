@@ -11,6 +11,7 @@ list. Store keys:
     sync/<seq>/ack/<id>      member received every bucket
     sync/<seq>/status        "ok" or "failed", written when the round is over
     notify/<id>              queue of round numbers listing actor <id> (and wake-ups from `stop`)
+    present/<id>             set by actor <id>'s subscriber when it starts listening (WeightPublisher.present)
     pg/<gen>/...             rendezvous of generation `gen`'s process group
 
 Rounds run one at a time (publish returns only when its round is over), so a member that sees
@@ -260,6 +261,14 @@ class WeightPublisher:
             self._staging[(slot, bucket.dtype)] = buf
         return flatten_bucket(bucket, tensors, out=buf)
 
+    def present(self, actor_ids: Iterable[str]) -> list[str]:
+        """The actors among `actor_ids` whose subscriber has started listening (ever). Listing an actor before
+        that would fail the round for everyone: it registers with the learner before its receiver is up."""
+        with self._lock:
+            if self._store is None:
+                return []
+            return [a for a in actor_ids if self._store.check([f"present/{a}"])]
+
     def _wait_keys(self, keys: list[str]) -> list[str]:
         """Wait until all keys exist (at most timeout_s); return the actor ids whose key is missing."""
         try:
@@ -324,6 +333,7 @@ class WeightSubscriber:
         self._min_seq = 0
         self._store_gone = False  # the learner closed or vanished: nothing left to tell it
         self.start_after()
+        self._store.set(f"present/{self.actor_id}", "1")  # listening from now on: the learner may list us
 
     def start_after(self) -> int:
         """Ignore rounds that ended before now (read from sync/latest); return that round number.

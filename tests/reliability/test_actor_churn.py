@@ -58,6 +58,10 @@ def test_random_actor_kills_and_restarts_lose_no_prompt_and_train_none_twice(clu
         registered = len(ACTORS) + sum(faults.values())
         wait_for(lambda: (s := status(address)) is not None and s.counters["actors_registered"] >= registered, 120,
                  f"{registered} registrations", (learner,))
+        # ... and receives weights under the id the learner gave it (a restart may be renamed "a1-2" while its
+        # predecessor is not yet declared dead).
+        wait_for(lambda: all("applied version" in c.log(a).rsplit("connected to", 1)[-1] for a in ACTORS), 120,
+                 "every current actor process to apply weights", (learner,))
         end_version = version(address)
         assert end_version > start_version, c.dump_logs()
         learner.send_signal(signal.SIGTERM)  # final checkpoint + summary

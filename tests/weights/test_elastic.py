@@ -216,6 +216,15 @@ def test_empty_member_list_is_a_cheap_no_op(publisher):
         assert subscriber.close()
 
 
+def test_present_lists_only_actors_whose_receiver_listens(publisher):
+    assert publisher.present(["A", "B"]) == []  # registered with the learner, receivers not up yet
+    subscriber = WeightSubscriber("127.0.0.1", publisher.port, "B", timeout_s=TIMEOUT_S)
+    try:
+        assert publisher.present(["A", "B"]) == ["B"]
+    finally:
+        subscriber.close()
+
+
 def test_bad_arguments_are_named(publisher):
     with pytest.raises(ValueError, match="unique"):
         publisher.publish({}, 1, ["A", "A"])

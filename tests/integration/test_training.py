@@ -92,8 +92,12 @@ def test_resume_after_sigkill_continues_from_the_saved_step(cluster_factory):
     assert summary["accounting"]["balanced"], summary["accounting"]
 
 
+# Long enough that the late actor (seconds to start) joins while one actor trains at full speed.
+JOIN_TOTAL = 200
+
+
 def test_elastic_join_gets_current_weights_and_training_survives_a_killed_actor(cluster_factory):
-    c = cluster_factory([*SMALL, "learner.total_steps=60", "off_policy.max_staleness=1",
+    c = cluster_factory([*SMALL, f"learner.total_steps={JOIN_TOTAL}", "off_policy.max_staleness=1",
                          "learner.checkpoint.every=0"])
     learner = c.learner()
     first = c.actor("a0")
@@ -107,9 +111,9 @@ def test_elastic_join_gets_current_weights_and_training_survives_a_killed_actor(
     first.send_signal(signal.SIGKILL)
     assert learner.wait(timeout=240) == 0, c.dump_logs()
     summary = json.loads((c.run_dir / "summary.json").read_text())
-    assert summary["steps"] == 60
+    assert summary["steps"] == JOIN_TOTAL
     assert summary["accounting"]["balanced"], summary["accounting"]
     final_sum = checksum_of(list_checkpoints(c.run_dir / "checkpoints")[-1] / "model")
     # The last version arrives at the end of the run; the actor applies it at its next safe point.
-    wait_for(lambda: 60 in applied(c.log("late")), 60, "the late actor to apply the final version", (joiner,))
-    assert applied(c.log("late"))[60] == final_sum, c.dump_logs()
+    wait_for(lambda: JOIN_TOTAL in applied(c.log("late")), 60, "the late actor to apply the final version", (joiner,))
+    assert applied(c.log("late"))[JOIN_TOTAL] == final_sum, c.dump_logs()

@@ -41,11 +41,12 @@ def model_files(path: Path) -> dict[str, bytes]:
 
 
 def _is_metric(name: str) -> bool:
-    """Whether `name` is a registered gauge (per-step values that are not in the registry stay in the history)."""
-    from gspo_async.telemetry.names import GAUGE, METRICS
+    """Whether `name` is a registered metric whose value is set per step: a gauge, or a histogram-list given whole
+    (per-step values that are not in the registry stay in the history)."""
+    from gspo_async.telemetry.names import GAUGE, HIST, METRICS
 
     spec = METRICS.get(name)
-    return spec is not None and spec.kind == GAUGE
+    return spec is not None and spec.kind in (GAUGE, HIST)
 
 
 class Learner:

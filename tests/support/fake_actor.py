@@ -48,12 +48,14 @@ class FakeActor:
             self.held[lease.prompt_id] = lease
         return {"prompt_ids": [lease.prompt_id for lease in leases], "reason": self.client.last_lease_reason}
 
-    def push(self, prompt_ids: list[int] | None = None) -> dict:
+    def push(self, prompt_ids: list[int] | None = None, version: int | None = None) -> dict:
+        """Canned groups for held leases, made by weights `version` (default: the newest announced)."""
         ids = list(self.held) if prompt_ids is None else prompt_ids
         group_ids = []
         for pid in ids:
             lease = self.held.pop(pid)
-            group = canned_group(lease, self.client.limits.group_size, self.client.version, self.client.actor_id,
+            group = canned_group(lease, self.client.limits.group_size,
+                                 self.client.version if version is None else version, self.client.actor_id,
                                  vocab_size=self.client.limits.vocab_size)
             self.client.push(group)
             self.pushed += 1

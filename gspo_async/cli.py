@@ -73,7 +73,7 @@ def cmd_local(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from gspo_async.actor.status import print_status
+    from gspo_async.protocol.status import print_status
 
     return print_status(args.learner, timeout_s=args.timeout, key=args.key, server_key=args.server_key)
 

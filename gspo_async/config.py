@@ -168,7 +168,7 @@ class ActorConfig(_Section):
     engine: Literal["hf", "vllm", "vllm-fake", "simulated"] = Field(
         "hf", description="hf (transformers), vllm (GPU), vllm-fake (CI double of vLLM), simulated (benchmarks)")
     simulated: dict[str, Any] = Field(default_factory=dict, description="Length and cost model of the simulated "
-                                      "engine (fields of actor/engines/simulated.py SimulationSettings).")
+                                      "engine (fields of engines/simulated.py SimulationSettings).")
     device: str = "cpu"
     prompts_per_lease: int = Field(4, ge=1, description="Prompts asked for per lease request (one generation batch).")
     threads: int = Field(1, ge=1)

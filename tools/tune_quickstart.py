@@ -114,9 +114,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     torch.set_num_threads(args.threads)
-    from gspo_async.actor.engines.base import SamplingSettings
-    from gspo_async.actor.engines.hf import HFEngine
-    from gspo_async.actor.rewards import RewardRunner
+    from gspo_async.engines.base import SamplingSettings
+    from gspo_async.engines.hf import HFEngine
+    from gspo_async.tasks.scoring import RewardRunner
     from gspo_async.models.loading import load_model_and_tokenizer
     from gspo_async.models.tiny import TINY_META, build_tiny
     from gspo_async.tasks import get_task

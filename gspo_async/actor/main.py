@@ -31,7 +31,7 @@ from gspo_async.protocol.messages import ProtocolError
 class Actor:
     def __init__(self, learner: str, actor_id: Optional[str], local_overrides: list[str],
                  config_path: Optional[str], run_dir: Optional[str]):
-        from gspo_async.protocol.transport import ActorClient
+        from gspo_async.protocol.client import ActorClient
 
         self.actor_id = actor_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.learner = learner
@@ -69,7 +69,7 @@ class Actor:
 
     # ----- setup from the welcome -----
     def _configure(self, welcome) -> None:
-        from gspo_async.actor.rewards import RewardRunner
+        from gspo_async.tasks.scoring import RewardRunner
         from gspo_async.config import apply_overrides, config_from_dict, load_config
 
         raw = dict(welcome.config)
@@ -102,7 +102,7 @@ class Actor:
         self.session = welcome.session
 
     def _build_engine(self, model_dir: Path):
-        from gspo_async.actor.engines.factory import build_engine
+        from gspo_async.engines.factory import build_engine
 
         return build_engine(self.cfg, model_dir, seed=self.cfg.actor.seed + _stable_hash(self.actor_id))
 
@@ -128,7 +128,7 @@ class Actor:
 
     # ----- the loop -----
     def run(self) -> int:
-        from gspo_async.actor.engines.base import SamplingSettings
+        from gspo_async.engines.base import SamplingSettings
 
         welcome = self.client.connect(timeout_s=60)
         self._configure(welcome)

@@ -3,7 +3,7 @@
 For load tests and benchmarks that need tens of actors on a small machine (one process per actor would not fit in
 memory). Every thread is an `Actor` exactly as ``gspo-async actor --learner ADDR --id ID engine=simulated`` runs it:
 its own ActorClient (socket, heartbeats, resends), weight receiver and lease loop; only generation is simulated
-(actor/engines/simulated.py).
+(engines/simulated.py).
 
     python -m gspo_async.actor.swarm --learner HOST:PORT --ids a0,a1,a2 [--simulated JSON] [--ack-log FILE]
 
@@ -25,15 +25,15 @@ from typing import Any, Optional
 def run_swarm(learner: str, actor_ids: list[str], simulated: dict[str, Any], ack_log: Optional[Path] = None,
               stop: Optional[threading.Event] = None) -> int:
     """Run one simulated actor per id as threads of this process until `stop` is set (or every actor ended)."""
-    from gspo_async.actor.engines.simulated import SimulationSettings
+    from gspo_async.engines.simulated import SimulationSettings
     from gspo_async.actor.main import Actor
 
     settings = SimulationSettings.from_mapping(simulated)  # checked once here, not in every thread
     overrides = ["engine=simulated", f"simulated={json.dumps(settings.to_dict())}"]
     # Import what the actor loop imports lazily, once, here: transformers' lazy imports are not thread-safe.
-    import gspo_async.actor.engines.factory  # noqa: F401
-    import gspo_async.actor.engines.simulated  # noqa: F401
-    import gspo_async.actor.rewards  # noqa: F401
+    import gspo_async.engines.factory  # noqa: F401
+    import gspo_async.engines.simulated  # noqa: F401
+    import gspo_async.tasks.scoring  # noqa: F401
     import gspo_async.tasks  # noqa: F401
     import gspo_async.weights  # noqa: F401
     from transformers import PreTrainedTokenizerFast  # noqa: F401
@@ -87,7 +87,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--learner", required=True, help="HOST:PORT of the learner")
     ap.add_argument("--ids", required=True, help="comma-separated actor ids, one thread each")
-    ap.add_argument("--simulated", default="{}", help="SimulationSettings fields as JSON (actor/engines/simulated.py)")
+    ap.add_argument("--simulated", default="{}", help="SimulationSettings fields as JSON (engines/simulated.py)")
     ap.add_argument("--ack-log", type=Path, help="append '<actor> <group> <status>' per final ack to this file")
     args = ap.parse_args(argv)
     setup_process(1)

@@ -51,16 +51,16 @@ def _is_metric(name: str) -> bool:
 
 class Learner:
     def __init__(self, cfg: Config, resume: bool = False):
-        from gspo_async.actor.engines.hf import HFEngine
-        from gspo_async.actor.rewards import RewardRunner
+        from gspo_async.engines.hf import HFEngine
+        from gspo_async.tasks.scoring import RewardRunner
         from gspo_async.learner.checkpoint import load_latest, load_trainer_state, set_rng_state
         from gspo_async.learner.coordinator import Coordinator
-        from gspo_async.learner.engines import build_engine
+        from gspo_async.learner.backends import build_backend
         from gspo_async.learner.prompts import PromptSource
         from gspo_async.learner.trainer import Trainer
         from gspo_async.models.loading import load_model_and_tokenizer
         from gspo_async.protocol.messages import Limits
-        from gspo_async.protocol.transport import LearnerServer
+        from gspo_async.learner.endpoint import LearnerServer
         from gspo_async.tasks import task_from_config
         from gspo_async.tasks.prompting import encode_prompt
         from gspo_async.telemetry.registry import MetricRegistry
@@ -94,7 +94,7 @@ class Learner:
         if cfg.use_kl_loss or cfg.add_token_level_kl:
             ref_model, _ = load_model_and_tokenizer(model_dir, dtype=dtype, device=cfg.learner.device)
             ref_model.requires_grad_(False)
-        self.engine = build_engine(cfg, self.model)
+        self.engine = build_backend(cfg, self.model)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.trainer = Trainer(cfg, self.engine, pad_id, ref_model)
 
@@ -217,7 +217,7 @@ class Learner:
         return self.weight_members() != self.published_members
 
     def evaluate(self) -> float:
-        from gspo_async.actor.engines.base import SamplingSettings
+        from gspo_async.engines.base import SamplingSettings
         from gspo_async.tasks.evaluate import evaluate
 
         items = self.task.eval_items()
@@ -417,7 +417,7 @@ def run_follower(cfg: Config) -> int:
     """Ranks > 0 of a DeepSpeed learner: hold a share of the ZeRO state and follow rank 0's commands."""
     from gspo_async.learner.checkpoint import load_trainer_state
     from gspo_async.learner.distributed import broadcast_object, follower_loop
-    from gspo_async.learner.engines import build_engine
+    from gspo_async.learner.backends import build_backend
     from gspo_async.learner.checkpoint import Checkpoint
     from gspo_async.learner.trainer import Trainer
     from gspo_async.models.loading import load_model_and_tokenizer
@@ -432,7 +432,7 @@ def run_follower(cfg: Config) -> int:
     if cfg.use_kl_loss or cfg.add_token_level_kl:
         ref_model, _ = load_model_and_tokenizer(cfg.model.path, dtype=dtype, device=cfg.learner.device)
         ref_model.requires_grad_(False)
-    engine = build_engine(cfg, model)
+    engine = build_backend(cfg, model)
     trainer = Trainer(cfg, engine, tokenizer.pad_token_id or 0, ref_model)
     if ckpt_path:
         state = load_trainer_state(Checkpoint(Path(ckpt_path), 0, 0, {}))

@@ -20,7 +20,7 @@ from gspo_async.algo import RunningMoments, compute_advantages, geometric_reject
 from gspo_async.algo.logprobs import token_logprobs_from_hidden
 from gspo_async.algo.off_policy import select_old_logprobs
 from gspo_async.learner.batch import TrainBatch, collate_groups
-from gspo_async.learner.engines.base import LearnerEngine
+from gspo_async.learner.backends.base import LearnerBackend
 from gspo_async.protocol.messages import RolloutGroup
 
 # How per-micro-batch metrics combine into one step's value: maxima; sums (each call's loss is already its share
@@ -58,7 +58,7 @@ def response_logprobs(model: torch.nn.Module, batch: TrainBatch, *, temperature:
 class Trainer:
     """Owns the algorithm settings and runs :meth:`train_step`; the engine owns weights and optimiser."""
 
-    def __init__(self, cfg, engine: LearnerEngine, pad_id: int, ref_model: Optional[torch.nn.Module] = None):
+    def __init__(self, cfg, engine: LearnerBackend, pad_id: int, ref_model: Optional[torch.nn.Module] = None):
         self.cfg = cfg
         self.engine = engine
         self.pad_id = pad_id

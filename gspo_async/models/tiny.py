@@ -70,9 +70,9 @@ def build_tiny(
     An out_dir holding a build with the same settings is reused unless `overwrite`. num_threads sets torch's
     intra-op threads for the build (None: leave as is).
     """
-    from gspo_async.actor.engines.base import SamplingSettings
-    from gspo_async.actor.engines.hf import HFEngine
-    from gspo_async.actor.rewards import RewardRunner
+    from gspo_async.engines.base import SamplingSettings
+    from gspo_async.engines.hf import HFEngine
+    from gspo_async.tasks.scoring import RewardRunner
     from gspo_async.models.tokenizer import build_char_tokenizer
     from gspo_async.models.warmup import warm_up
     from gspo_async.tasks import get_task

@@ -1,7 +1,7 @@
 """The shape every prompt source shares: a `PromptItem` stream for training and a fixed held-out list for eval.
 
 A task knows its prompts, their reference answers and which reward checks a response (`reward_fn`, a name that
-`gspo_async.actor.rewards.RewardRunner` understands). It knows nothing about tokenizers: the actor turns a prompt
+`gspo_async.tasks.scoring.RewardRunner` understands). It knows nothing about tokenizers: the actor turns a prompt
 string into token ids (see `gspo_async.tasks.prompting`).
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gspo_async.actor.engines.base import Engine, SamplingSettings
+from gspo_async.engines.base import Engine, SamplingSettings
 from gspo_async.tasks.base import PromptItem
 from gspo_async.tasks.prompting import encode_prompt
 

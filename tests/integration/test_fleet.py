@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from gspo_async.actor.status import query_status
+from gspo_async.protocol.status import query_status
 from gspo_async.protocol.client import LearnerUnavailable
 from gspo_async.protocol.messages import StatusReply
 from tests.integration.conftest import ROOT, wait_for

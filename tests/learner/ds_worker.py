@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 from transformers import AutoModelForCausalLM, LlamaConfig  # noqa: E402
 
 from gspo_async.config import config_from_dict  # noqa: E402
-from gspo_async.learner.engines import build_engine  # noqa: E402
+from gspo_async.learner.backends import build_backend  # noqa: E402
 from gspo_async.learner.trainer import Trainer  # noqa: E402
 from gspo_async.protocol.messages import Response, RolloutGroup  # noqa: E402
 
@@ -79,7 +79,7 @@ def run(engine_name: str, *, zero: int = 2, steps: int = 3, tied: bool = False, 
     model = tiny_model(tied)
     batches = make_batches(model, steps)
     t0 = time.perf_counter()
-    engine = build_engine(cfg, model)
+    engine = build_backend(cfg, model)
     init_s = time.perf_counter() - t0
     trainer = Trainer(cfg, engine, pad_id=0)
     distributed = engine_name == "deepspeed"

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from gspo_async.config import config_from_dict
-from gspo_async.learner.engines.deepspeed_engine import DeepSpeedEngine, deepspeed_config
+from gspo_async.learner.backends.deepspeed_backend import DeepSpeedBackend, deepspeed_config
 
 WORKER = Path(__file__).with_name("ds_worker.py")
 # Weights: fp32 sums in another order differ by ~1e-7; a lost or double-counted micro-batch moves them by ~1e-2.
@@ -123,7 +123,7 @@ def test_shard_gives_every_rank_the_same_number_of_passes(world_size, n):
     items = list(range(n))
     shares = []
     for rank in range(world_size):
-        engine = DeepSpeedEngine.__new__(DeepSpeedEngine)  # shard() needs only rank and world size
+        engine = DeepSpeedBackend.__new__(DeepSpeedBackend)  # shard() needs only rank and world size
         engine.rank, engine.world_size = rank, world_size
         shares.append((engine.shard(items), engine._real))
     passes = {len(share) for share, _ in shares}
@@ -146,7 +146,7 @@ def test_partial_launcher_environment_is_a_clear_error(monkeypatch):
 
 
 def test_resume_refuses_another_world_size_or_stage():
-    engine = DeepSpeedEngine.__new__(DeepSpeedEngine)  # load_state_dict checks before touching DeepSpeed
+    engine = DeepSpeedBackend.__new__(DeepSpeedBackend)  # load_state_dict checks before touching DeepSpeed
     engine.world_size, engine.zero_stage = 2, 2
     with pytest.raises(ValueError, match="written by 4 rank"):
         engine.load_state_dict({"scheduler": {}, "world_size": 4, "zero_stage": 2})

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from gspo_async.config import Config
 from gspo_async.learner.batch import collate_groups
-from gspo_async.learner.engines.torch_engine import TorchEngine
+from gspo_async.learner.backends.torch_backend import TorchBackend
 from gspo_async.learner.trainer import Trainer, response_logprobs
 from gspo_async.protocol.messages import Response, RolloutGroup
 
@@ -84,7 +84,7 @@ def cfg_for(**kw):
 def run_step(cfg, seed=0):
     model = tiny_model(seed)
     groups = make_groups(tiny_model(seed), seed=1)
-    trainer = Trainer(cfg, TorchEngine(cfg, model), pad_id=0)
+    trainer = Trainer(cfg, TorchBackend(cfg, model), pad_id=0)
     metrics = trainer.train_step(groups)
     return model, metrics
 
@@ -117,7 +117,7 @@ def test_correction_modes_run_and_report(correction):
     cfg = cfg_for(importance_sampling="seq", pg_clip=None, off_policy=dict(correction=correction, is_weight_cap=2.0))
     model = tiny_model(0)
     groups = make_groups(model, seed=1, exact_logprobs=False)
-    trainer = Trainer(cfg, TorchEngine(cfg, model), pad_id=0)
+    trainer = Trainer(cfg, TorchBackend(cfg, model), pad_id=0)
     m = trainer.train_step(groups)
     if correction == "behaviour":
         assert abs(m["train/ratio_mean"] - 1.0) > 1e-3

@@ -9,8 +9,8 @@ from gspo_async.learner.coordinator import Coordinator
 from gspo_async.learner.prompts import PromptSource
 from gspo_async.protocol.auth import CurveClientKeys, CurveServerKeys, check_bind, generate_keys, is_loopback
 from gspo_async.protocol.messages import Limits, Register
-from gspo_async.protocol.server import LearnerServer
-from gspo_async.protocol.transport import ActorClient, RegistrationRefused
+from gspo_async.learner.endpoint import LearnerServer
+from gspo_async.protocol.client import ActorClient, RegistrationRefused
 from tests.support.actor_process import FakeActorProcess, wait_until
 from tests.support.raw_actor import RawActor
 

@@ -9,7 +9,7 @@ from gspo_async.protocol.codec import normalize_group
 from gspo_async.protocol.messages import (
     Ack, ErrorReply, Goodbye, HeartbeatAck, Lease, LeaseRequest, PromptLease, ProtocolError, Register,
     RolloutGroup, WeightVersion)
-from gspo_async.protocol.transport import ActorClient, LearnerUnavailable, RegistrationRefused
+from gspo_async.protocol.client import ActorClient, LearnerUnavailable, RegistrationRefused
 from tests.support.actor_process import wait_until
 from tests.support.canned import canned_group
 from tests.support.fake_learner import RawLearner

@@ -7,7 +7,7 @@ import pytest
 from gspo_async.learner.coordinator import Coordinator
 from gspo_async.learner.prompts import PromptSource
 from gspo_async.protocol.messages import Limits
-from gspo_async.protocol.server import LearnerServer
+from gspo_async.learner.endpoint import LearnerServer
 from tests.support.actor_process import FakeActorProcess, wait_until
 
 LIMITS = Limits(vocab_size=64, max_prompt_tokens=16, max_response_tokens=32, group_size=2)

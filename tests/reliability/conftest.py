@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gspo_async.actor.status import query_status
+from gspo_async.protocol.status import query_status
 from gspo_async.learner.ledger import Ledger, ledger_summary, replay
 from gspo_async.protocol.client import LearnerUnavailable
 from gspo_async.protocol.messages import StatusReply

@@ -1,7 +1,7 @@
 """A hostile peer for the reliability suite: it registers like an actor and leases real prompts, then sends fuzzed
 frames and valid-looking groups with exactly one flaw each, keeping every reply the learner sends back.
 
-The frame mutations are those of the protocol fuzz test (tests/protocol/test_server.py), here aimed at a real
+The frame mutations are those of the protocol fuzz test (tests/learner/test_endpoint.py), here aimed at a real
 learner process.
 """
 
@@ -19,7 +19,7 @@ from gspo_async.protocol.codec import encode
 from gspo_async.protocol.messages import (
     Ack, ErrorReply, Goodbye, Heartbeat, HeartbeatAck, Lease, LeaseRequest, Limits, PromptLease, RolloutGroup,
     WeightVersion, Welcome)
-from tests.protocol.test_server import huge_length, wrong_type
+from tests.learner.test_endpoint import huge_length, wrong_type
 from tests.support.canned import canned_group
 from tests.support.raw_actor import RawActor
 

@@ -7,7 +7,7 @@ version, a wrong group size, a forged prompt, a prompt never issued). Each is an
 group reaches the ledger, and the final weights are finite. On a CURVE endpoint, clients without a key or with an
 unauthorised key get nothing; an authorised actor process trains.
 
-The protocol-level versions of these checks, against an in-process server, are tests/protocol/test_server.py,
+The protocol-level versions of these checks, against an in-process server, are tests/learner/test_endpoint.py,
 test_validate.py and test_auth.py.
 """
 
@@ -25,7 +25,7 @@ from typing import Optional
 import pytest
 import torch
 
-from gspo_async.actor.status import query_status
+from gspo_async.protocol.status import query_status
 from gspo_async.protocol.auth import CurveClientKeys
 from gspo_async.protocol.client import LearnerUnavailable, RegistrationRefused
 from gspo_async.protocol.messages import Ack, ErrorReply, Register, StatusReply

@@ -23,7 +23,7 @@ import time
 import traceback
 
 from gspo_async.protocol.auth import CurveClientKeys
-from gspo_async.protocol.transport import ActorClient
+from gspo_async.protocol.client import ActorClient
 from tests.support.canned import canned_group
 
 

@@ -1,8 +1,8 @@
 import pytest
 
-from gspo_async.actor.engines.base import SamplingSettings
-from gspo_async.actor.engines.hf import HFEngine
-from gspo_async.actor.rewards import RewardRunner
+from gspo_async.engines.base import SamplingSettings
+from gspo_async.engines.hf import HFEngine
+from gspo_async.tasks.scoring import RewardRunner
 from gspo_async.models.tiny import build_tiny
 from gspo_async.tasks.base import PromptItem
 from gspo_async.tasks.evaluate import evaluate

@@ -65,8 +65,8 @@ def calibrate(model_dir: Path, prompts: list[list[int]], group_size: int, max_ne
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    from gspo_async.actor.engines.base import SamplingSettings
-    from gspo_async.actor.engines.hf import HFEngine
+    from gspo_async.engines.base import SamplingSettings
+    from gspo_async.engines.hf import HFEngine
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -100,7 +100,7 @@ def protocol_receiver(port_q, done_q, g: int, n: int, count: int, key_dir) -> No
     from gspo_async.learner.coordinator import Coordinator
     from gspo_async.learner.prompts import PromptSource
     from gspo_async.protocol.auth import CurveServerKeys
-    from gspo_async.protocol.server import LearnerServer
+    from gspo_async.learner.endpoint import LearnerServer
 
     prompt = np.random.default_rng(0).integers(0, VOCAB, PROMPT_TOKENS, dtype=np.int32)
     coord = Coordinator(PromptSource([(i, prompt, "", {}) for i in range(count)]), groups_per_step=count,

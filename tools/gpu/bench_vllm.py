@@ -107,13 +107,13 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
 
-    from gspo_async.actor.engines.base import SamplingSettings
-    from gspo_async.actor.engines.vllm import VLLMEngine
+    from gspo_async.engines.base import SamplingSettings
+    from gspo_async.engines.vllm import VLLMEngine
     from gspo_async.config import VLLMConfig
 
     api, shape = None, args.shape
     if args.fake:
-        from gspo_async.actor.engines.vllm_fake import fake_api
+        from gspo_async.testing.vllm_fake import fake_api
 
         api, shape = fake_api(), "tiny"
         args.prompts, args.n, args.prompt_len, args.max_new_tokens = 2, 2, 8, 16

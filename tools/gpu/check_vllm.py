@@ -41,16 +41,16 @@ def main() -> int:
 
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from gspo_async.actor.engines.base import SamplingSettings
-    from gspo_async.actor.engines.hf import sequence_logprobs
-    from gspo_async.actor.engines.vllm import VLLMEngine
+    from gspo_async.engines.base import SamplingSettings
+    from gspo_async.engines.hf import sequence_logprobs
+    from gspo_async.engines.vllm import VLLMEngine
     from gspo_async.config import VLLMConfig
 
     cuda = torch.cuda.is_available() and not args.fake
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
     api = None
     if args.fake:
-        from gspo_async.actor.engines.vllm_fake import fake_api
+        from gspo_async.testing.vllm_fake import fake_api
 
         api = fake_api(args.vllm_version)
     model_dir = Path(tempfile.mkdtemp(prefix="check-vllm-"))

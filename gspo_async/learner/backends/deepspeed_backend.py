@@ -1,7 +1,7 @@
 """DeepSpeed learner engine: data-parallel ranks with ZeRO stage 1, 2 or 3 (``learner.deepspeed.zero_stage``).
 
 The optimiser and schedule are the torch engine's (client ``torch.optim.AdamW`` + ``LambdaLR``), so one rank with
-this engine takes the same steps as :class:`~gspo_async.learner.engines.torch_engine.TorchEngine`.
+this engine takes the same steps as :class:`~gspo_async.learner.backends.torch_backend.TorchBackend`.
 
 Gradient scale. The trainer divides each micro-batch loss by the mini-batch's *global* token or sequence count, so
 the sum of the losses over every micro-batch of every rank is the mini-batch loss. DeepSpeed averages gradients
@@ -35,8 +35,8 @@ from typing import Any, Iterator
 
 import torch
 
-from gspo_async.learner.engines.base import LearnerEngine
-from gspo_async.learner.engines.torch_engine import build_optimizer
+from gspo_async.learner.backends.base import LearnerBackend
+from gspo_async.learner.backends.torch_backend import build_optimizer
 
 CHECKPOINT_TAG = "zero"  # DeepSpeed's sub-directory inside the directory given to save()/load()
 
@@ -98,7 +98,7 @@ def deepspeed_config(cfg, on_gpu: bool) -> dict[str, Any]:
     return _merge(base, extra)
 
 
-class DeepSpeedEngine(LearnerEngine):
+class DeepSpeedBackend(LearnerBackend):
     """ZeRO data parallelism across the learner's ranks (see the module docstring for the gradient scale).
 
     Collective methods (every rank must call them together, in the same order): the constructor, the trainer's
@@ -133,7 +133,7 @@ class DeepSpeedEngine(LearnerEngine):
         self._done = 0
 
     def _before_forward(self, module: torch.nn.Module, args: Any) -> None:
-        """What ``DeepSpeedEngine.forward`` and its hook on the top module do before a forward: end the previous
+        """What ``DeepSpeedBackend.forward`` and its hook on the top module do before a forward: end the previous
         micro-step in the ZeRO optimiser (ZeRO-3 adds the next micro-batch's gradients to the partitions only
         once it has) and, under ZeRO-3, restart the parameter coordinator's per-pass fetch trace."""
         optimizer = self.ds.optimizer
@@ -164,7 +164,7 @@ class DeepSpeedEngine(LearnerEngine):
 
     def backward(self, loss: torch.Tensor) -> None:
         if self._done >= self._passes:
-            raise RuntimeError("DeepSpeedEngine.backward called more often than the micro-batches handed out by "
+            raise RuntimeError("DeepSpeedBackend.backward called more often than the micro-batches handed out by "
                                "shard(): take every micro-batch of a mini-batch from engine.shard(...)")
         scale = float(self.world_size) if self._done < self._real else 0.0  # padding adds no gradient
         self._done += 1
@@ -173,7 +173,7 @@ class DeepSpeedEngine(LearnerEngine):
 
     def step(self) -> float:
         if self._done != self._passes:
-            raise RuntimeError(f"DeepSpeedEngine.step after {self._done} of {self._passes} backward passes: every "
+            raise RuntimeError(f"DeepSpeedBackend.step after {self._done} of {self._passes} backward passes: every "
                                "micro-batch from shard() needs its backward before the step")
         self.ds.step()
         self._passes = self._real = self._done = 0
@@ -248,7 +248,7 @@ class DeepSpeedEngine(LearnerEngine):
         size and ZeRO stage must be those of the run that saved it."""
         if not (Path(path) / CHECKPOINT_TAG).is_dir():
             raise FileNotFoundError(f"no DeepSpeed checkpoint under {os.fspath(path)!r} (expected the "
-                                    f"{CHECKPOINT_TAG!r} directory written by DeepSpeedEngine.save)")
+                                    f"{CHECKPOINT_TAG!r} directory written by DeepSpeedBackend.save)")
         loaded, _ = self.ds.load_checkpoint(os.fspath(path), tag=CHECKPOINT_TAG, load_optimizer_states=True,
                                             load_lr_scheduler_states=True)
         if loaded is None:

@@ -8,7 +8,7 @@ from typing import Iterator
 import torch
 
 
-class LearnerEngine(abc.ABC):
+class LearnerBackend(abc.ABC):
     """Holds the policy, its optimiser and schedule. The trainer only calls these methods."""
 
     model: torch.nn.Module

@@ -1,7 +1,7 @@
 """vLLM worker extension: loads full (name, tensor) weights that the actor process hands to vLLM's workers.
 
 vLLM runs its model in worker processes the actor cannot touch directly. With ``worker_extension_cls`` set to
-``gspo_async.actor.engines.vllm_worker.GSPOWorkerExtension`` every worker gains the ``gspo_*`` methods below, which
+``gspo_async.engines.vllm_worker.GSPOWorkerExtension`` every worker gains the ``gspo_*`` methods below, which
 the actor calls through ``AsyncLLM.collective_rpc`` (the method runs on every worker, between engine steps). Two
 payload encodings travel through that RPC, both plain msgpack types (vLLM serialises RPC arguments with msgpack):
 

@@ -11,18 +11,18 @@ from pathlib import Path
 
 import torch
 
-from gspo_async.actor.engines.base import Engine
+from gspo_async.engines.base import Engine
 
 
 def build_engine(cfg, model_dir: str | Path, seed: int) -> Engine:
     """The engine named by ``cfg.actor.engine`` (hf | vllm | vllm-fake | simulated) over `model_dir`."""
     name = cfg.actor.engine
     if name in ("vllm", "vllm-fake"):
-        from gspo_async.actor.engines.vllm import VLLMEngine
+        from gspo_async.engines.vllm import VLLMEngine
 
         return VLLMEngine.from_config(cfg, model_dir, seed)
     if name == "simulated":
-        from gspo_async.actor.engines.simulated import SimulatedEngine, SimulationSettings
+        from gspo_async.engines.simulated import SimulatedEngine, SimulationSettings
 
         # `actor.simulated` holds the length and cost model (SimulationSettings' fields); absent: the defaults.
         settings = SimulationSettings.from_mapping(getattr(cfg.actor, "simulated", None))
@@ -33,7 +33,7 @@ def build_engine(cfg, model_dir: str | Path, seed: int) -> Engine:
         raise ValueError(f"actor.engine={name!r} is not one of hf, vllm, vllm-fake, simulated")
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    from gspo_async.actor.engines.hf import HFEngine
+    from gspo_async.engines.hf import HFEngine
 
     model_dir = Path(model_dir)
     dtype = getattr(torch, cfg.model.dtype)

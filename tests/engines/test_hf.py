@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from gspo_async.actor.engines.base import SamplingSettings
-from gspo_async.actor.engines.hf import HFEngine, sequence_logprobs
+from gspo_async.engines.base import SamplingSettings
+from gspo_async.engines.hf import HFEngine, sequence_logprobs
 from gspo_async.models.loading import load_model_and_tokenizer
 from gspo_async.models.tiny import build_tiny
 

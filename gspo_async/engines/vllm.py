@@ -59,8 +59,8 @@ from typing import Any
 
 import torch
 
-from gspo_async.actor.engines.base import Engine, Generation, SamplingSettings
-from gspo_async.actor.engines.vllm_worker import EXTENSION_CLS, decode_host, encode_host, encode_ipc
+from gspo_async.engines.base import Engine, Generation, SamplingSettings
+from gspo_async.engines.vllm_worker import EXTENSION_CLS, decode_host, encode_host, encode_ipc
 
 log = logging.getLogger(__name__)
 
@@ -410,7 +410,7 @@ class VLLMEngine(Engine):
         """Build from the run config: actor.engine 'vllm' (real vLLM) or 'vllm-fake' (the CPU test double)."""
         api = None
         if cfg.actor.engine == "vllm-fake":
-            from gspo_async.actor.engines.vllm_fake import fake_api
+            from gspo_async.testing.vllm_fake import fake_api
 
             api = fake_api()
         elif cfg.actor.engine != "vllm":

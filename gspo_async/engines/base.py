@@ -18,7 +18,7 @@ import torch
 class SamplingSettings:
     """How to sample. temperature 0 means greedy decoding (logprobs are then reported at temperature 1).
 
-    top_k 0 and top_p 1.0 disable truncation (recommended for training: see `gspo_async.actor.engines.hf`).
+    top_k 0 and top_p 1.0 disable truncation (recommended for training: see `gspo_async.engines.hf`).
     seed: combined with the engine's own seed and a per-call counter, so a fresh engine built with the same seeds
     repeats its samples exactly while different engines, and successive calls, draw different ones.
     """

@@ -19,16 +19,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from gspo_async.actor.engines.base import SamplingSettings
-from gspo_async.actor.engines.hf import sequence_logprobs
-from gspo_async.actor.engines.vllm import (EngineNeedsResync, VLLMEngine, VLLMFeatures, VLLMUnavailable,
+from gspo_async.engines.base import SamplingSettings
+from gspo_async.engines.hf import sequence_logprobs
+from gspo_async.engines.vllm import (EngineNeedsResync, VLLMEngine, VLLMFeatures, VLLMUnavailable,
                                            VLLMWeightSender, WeightSyncTimeout, parse_version, sampled_logprobs,
                                            weight_metadata)
-from gspo_async.actor.engines.vllm_fake import FakeAsyncLLM, Logprob, RequestOutputKind, SamplingParams, fake_api
-from gspo_async.actor.engines.vllm_worker import EXTENSION_CLS, decode_host, encode_host
+from gspo_async.testing.vllm_fake import FakeAsyncLLM, Logprob, RequestOutputKind, SamplingParams, fake_api
+from gspo_async.engines.vllm_worker import EXTENSION_CLS, decode_host, encode_host
 from gspo_async.config import VLLMConfig, load_config
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = ["0.24.0", "0.33.0"]
 PROMPTS = [[1, 40, 41, 42], [1, 60]]
 
@@ -178,7 +178,7 @@ def test_engine_arguments(tiny, tmp_path):
     try:
         args = engine.engine_args
         assert args["logprobs_mode"] == "processed_logprobs"
-        assert args["worker_extension_cls"] == "gspo_async.actor.engines.vllm_worker.GSPOWorkerExtension"
+        assert args["worker_extension_cls"] == "gspo_async.engines.vllm_worker.GSPOWorkerExtension"
         assert args["load_format"] == "auto" and engine.version == 0
         assert "weight_transfer_config" not in args  # host transport: no vLLM transfer engine
     finally:

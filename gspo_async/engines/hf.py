@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from gspo_async.actor.engines.base import Engine, Generation, RateMeter, SamplingSettings
+from gspo_async.engines.base import Engine, Generation, RateMeter, SamplingSettings
 
 
 class HFEngine(Engine):

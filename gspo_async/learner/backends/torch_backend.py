@@ -7,7 +7,7 @@ from typing import Iterator
 
 import torch
 
-from gspo_async.learner.engines.base import LearnerEngine
+from gspo_async.learner.backends.base import LearnerBackend
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
@@ -32,7 +32,7 @@ def build_optimizer(cfg, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_
     return opt, sched
 
 
-class TorchEngine(LearnerEngine):
+class TorchBackend(LearnerBackend):
     def __init__(self, cfg, model: torch.nn.Module):
         self.model = model
         self.grad_clip = cfg.optim.grad_clip

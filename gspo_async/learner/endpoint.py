@@ -32,7 +32,7 @@ from gspo_async.protocol.messages import (
 from gspo_async.protocol.sockets import HANDSHAKE_EVENTS, Waker, endpoint, peer_address
 from gspo_async.protocol.validate import check_group
 
-log = logging.getLogger("gspo_async.protocol.server")
+log = logging.getLogger("gspo_async.learner.endpoint")
 
 WELCOME_KEYS = ("config", "model_files", "weight_store")
 

@@ -12,8 +12,8 @@ from gspo_async.learner.prompts import PromptSource
 from gspo_async.protocol.codec import encode
 from gspo_async.protocol.messages import (
     Ack, ErrorReply, Goodbye, Heartbeat, HeartbeatAck, Lease, LeaseRequest, Limits, WeightVersion)
-from gspo_async.protocol.server import LearnerServer
-from gspo_async.protocol.transport import ActorClient
+from gspo_async.learner.endpoint import LearnerServer
+from gspo_async.protocol.client import ActorClient
 from tests.support.actor_process import wait_until
 from tests.support.canned import canned_group
 from tests.support.raw_actor import RawActor

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from gspo_async.actor.engines.base import Engine, SamplingSettings
-from gspo_async.actor.engines.simulated import SimulatedEngine, SimulationSettings
+from gspo_async.engines.base import Engine, SamplingSettings
+from gspo_async.engines.simulated import SimulatedEngine, SimulationSettings
 
 VOCAB, EOS, SPECIAL = 20, 2, (0, 1, 3)  # ids 0..3 special, 4..19 ordinary: K = 16
 PROMPTS = [[1, 5, 6], [1, 7], [1, 8, 9, 10]]
@@ -150,7 +150,7 @@ def test_from_model_dir_uses_the_tokenizer(model_dir):
 
 
 def test_factory_builds_it_when_the_config_allows(model_dir):
-    from gspo_async.actor.engines.factory import build_engine
+    from gspo_async.engines.factory import build_engine
     from gspo_async.config import ConfigError, load_config
 
     try:

@@ -43,7 +43,7 @@ from typing import Any
 import msgpack
 import torch
 
-from gspo_async.actor.engines.vllm import VLLMApi, parse_version
+from gspo_async.engines.vllm import VLLMApi, parse_version
 
 COLLECTIVE_TIMEOUT_S = 20.0  # gloo timeout of the stand-in weight group (a blocked collective ends after this)
 

@@ -11,7 +11,7 @@ import msgpack
 import pytest
 import zmq
 
-from gspo_async.actor.status import format_status, print_status, query_status
+from gspo_async.protocol.status import format_status, print_status, query_status
 from gspo_async.learner.coordinator import Coordinator
 from gspo_async.learner.prompts import PromptSource
 from gspo_async.protocol.auth import CurveClientKeys, CurveServerKeys, generate_keys
@@ -19,7 +19,7 @@ from gspo_async.protocol.codec import decode, decode_from_learner, encode
 from gspo_async.protocol.messages import (
     ActorStatus, ErrorReply, Heartbeat, HeartbeatAck, Lease, LeaseRequest, Limits, ProtocolError, StatusReply,
     StatusRequest)
-from gspo_async.protocol.server import LearnerServer
+from gspo_async.learner.endpoint import LearnerServer
 from gspo_async.protocol.validate import ACTOR_STATUS
 from tests.support.raw_actor import RawActor
 

@@ -31,7 +31,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from gspo_async.actor.engines.base import Engine, Generation, RateMeter, SamplingSettings
+from gspo_async.engines.base import Engine, Generation, RateMeter, SamplingSettings
 
 
 @dataclass

@@ -4,7 +4,7 @@ from fractions import Fraction
 
 import pytest
 
-from gspo_async.actor.rewards import (
+from gspo_async.tasks.scoring import (
     RewardRunner,
     exact_match,
     extract_final_answer,

@@ -37,7 +37,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_init_tiny(args: argparse.Namespace) -> int:
-    from gspo_async.models.tiny import build_tiny
+    from gspo_async.bootstrap.tiny import build_tiny
 
     path = build_tiny(args.dir, seed=args.seed)
     print(f"tiny model and tokenizer written to {path}")
@@ -55,8 +55,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def cmd_learner(args: argparse.Namespace) -> int:
     from gspo_async.learner.main import run_learner
+    from gspo_async.learner.resume import learner_config
+    from gspo_async.process import setup_logging
 
-    return run_learner(_load(args), resume=args.resume)
+    setup_logging("learner")  # the resume lines below already go to the console
+    cfg, resume = learner_config(args.config, args.overrides, resume=args.resume,
+                                 start_if_missing=args.start_if_missing)
+    return run_learner(cfg, resume=resume)
 
 
 def cmd_actor(args: argparse.Namespace) -> int:
@@ -72,6 +77,12 @@ def cmd_local(args: argparse.Namespace) -> int:
     return run_local(_load(args), resume=args.resume)
 
 
+def cmd_preflight(args: argparse.Namespace) -> int:
+    from gspo_async.preflight import main as preflight_main
+
+    return preflight_main(_load(args))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from gspo_async.protocol.status import print_status
 
@@ -85,9 +96,13 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from gspo_async.dashboard.report import write_report
+    from gspo_async.dashboard.report import MissingExtraError, write_report
 
-    print(write_report(args.run_dir, args.out))
+    try:
+        print(write_report(args.run_dir, args.out))
+    except (MissingExtraError, FileNotFoundError, ValueError) as err:  # said plainly, without a traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -113,7 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("learner", help="run the learner (binds the control/rollout port)")
     _add_config_args(p)
-    p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in run_dir from its newest valid "
+                   "checkpoint, with the run's saved settings (RUN_DIR/config.yaml) and the overrides given here")
+    p.add_argument("--start-if-missing", action="store_true", help="with --resume: start a fresh run when run_dir "
+                   "holds none (the first start of a restartable job) instead of refusing")
     p.set_defaults(func=cmd_learner)
 
     p = sub.add_parser("actor", help="run an actor against a learner")
@@ -129,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true")
     p.set_defaults(func=cmd_local)
 
+    p = sub.add_parser("preflight", help="check model, prompts and reward on a few items before a run (exit 1 on "
+                       "any error)")
+    _add_config_args(p, required=True)
+    p.set_defaults(func=cmd_preflight)
+
     p = sub.add_parser("status", help="print the fleet of a running learner")
     p.add_argument("learner", help="HOST:PORT")
     p.add_argument("--timeout", type=float, default=5.0)
@@ -136,15 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server-key", default=None, help="the learner's server.key (default: next to --key)")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("dashboard", help="serve the live dashboard of a run directory")
-    p.add_argument("run_dir")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8265)
+    p = sub.add_parser("dashboard", help="serve the live dashboard of a run directory",
+                       description="Serve the live dashboard of a running or finished run (no network needed). A "
+                       "run directory that does not exist yet is waited for.")
+    p.add_argument("run_dir", help="the run directory the learner writes (run_dir in the config; holds metrics.jsonl)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface "
+                   "(default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8265, help="port to listen on; 0 picks any free port (default: 8265)")
     p.set_defaults(func=cmd_dashboard)
 
-    p = sub.add_parser("report", help="write a static HTML report of a finished run")
-    p.add_argument("run_dir")
-    p.add_argument("--out", default=None)
+    p = sub.add_parser("report", help="write a static HTML report of a finished run",
+                       description="Write a static HTML report with PNG plots of a run (needs the report extra: "
+                       "python -m pip install 'gspo-async[report]').")
+    p.add_argument("run_dir", help="the run directory the learner wrote (holds metrics.jsonl), or the file itself")
+    p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/report)")
     p.set_defaults(func=cmd_report)
     return parser
 
@@ -152,10 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from gspo_async.config import ConfigError
+    from gspo_async.process import StartupError
 
     try:
         return int(args.func(args) or 0)
-    except ConfigError as err:
+    except (ConfigError, StartupError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,10 +16,12 @@ from __future__ import annotations
 import difflib
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gspo_async.algo.modes import ADV_ESTIMATORS, CORRECTIONS, IMPORTANCE_SAMPLING, LOSS_AGG_MODES, REWARD_NORMS
 
 
 class ConfigError(ValueError):
@@ -43,9 +45,21 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     path: str = Field("runs/tiny-model", description="Hugging Face model directory (or a hub id already in the local cache).")
     tokenizer: Optional[str] = Field(None, description="Tokenizer directory; defaults to model.path.")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="The dtype the model computes in: actors hold and generate in it, the learner runs "
+        "forward/backward under torch.autocast in it over fp32 master weights (learner.precision).")
+    logprob_path: Literal["chunked", "model"] = Field(
+        "chunked", description="Learner log-probs: chunked (hidden states x output embedding a chunk at a time, "
+        "with the architecture's logit transform; unknown architectures are refused) or model (the model's own "
+        "forward and full [tokens x vocab] logits: any architecture, more memory).")
     build_tiny_if_missing: bool = Field(True, description="Build the tiny local model at model.path if it does not exist.")
     gradient_checkpointing: bool = False
+
+
+class RewardFnConfig(_Section):
+    fn: str = Field(..., description="Built-in (exact, math) or 'module:function' (conventions: docs/tasks.md).")
+    weight: float = Field(1.0, description="Weight of this function in the summed reward.")
+    name: Optional[str] = Field(None, description="Metric name (reward/<name>/mean); default: the function's.")
 
 
 class TaskConfig(_Section):
@@ -53,11 +67,30 @@ class TaskConfig(_Section):
     path: Optional[str] = Field(None, description="JSONL file or Hugging Face dataset name/dir for name=jsonl|hf.")
     prompt_key: str = "prompt"
     answer_key: str = "answer"
+    messages_key: str = Field("messages", description="Field of chat-format records: [{role, content}, ...].")
+    prompt_template: Optional[str] = Field(None, description="str.format template over a record's fields, e.g. "
+                                           "'{question}\\nAnswer:' (jsonl / hf).")
+    system_prompt: Optional[str] = Field(None, description="System turn (chat template) or first line (plain).")
     reward: str = Field("exact", description="exact | math | module:function")
-    reward_timeout_s: float = Field(5.0, gt=0)
-    chat_template: bool = Field(False, description="Wrap prompts with the tokenizer's chat template.")
+    rewards: list[RewardFnConfig] = Field(default_factory=list, description="Several weighted reward functions "
+                                          "(summed); replaces `reward`.")
+    reward_timeout_s: float = Field(5.0, gt=0, description="Time limit of one reward call in a worker (s).")
+    reward_workers: int = Field(1, ge=0, description="Worker processes scoring user rewards; 0 = in-process.")
+    reward_error_limit: float = Field(0.05, ge=0, le=1, description="Stop when more than this share of the "
+                                      "responses of the last reward_error_window groups failed to score.")
+    reward_error_window: int = Field(32, ge=1, description="Groups over which reward_error_limit is judged.")
+    constant_reward_steps: int = Field(5, ge=0, description="Warn once when every group of the first K steps "
+                                       "has identical rewards (0: never).")
+    chat_template: Union[Literal["auto"], bool] = Field("auto", description="auto: the tokenizer's chat template "
+                                                        "when it has one; true: required; false: plain text.")
     eval_size: int = Field(200, ge=0)
     options: dict[str, Any] = Field(default_factory=dict, description="Task-specific options (e.g. digits).")
+
+    @model_validator(mode="after")
+    def _check_rewards(self) -> "TaskConfig":
+        if self.rewards and self.reward != "exact":
+            raise ValueError("task.reward and task.rewards are both set: list every function under task.rewards")
+        return self
 
 
 class SamplingConfig(_Section):
@@ -76,6 +109,10 @@ class OptimConfig(_Section):
     grad_clip: Optional[float] = Field(1.0, gt=0)
     num_mini_batches: int = Field(1, ge=1, description="Mini-batches per training batch; each is one optimiser step.")
     micro_batch_size: int = Field(8, ge=1, description="Sequences per forward/backward (gradient accumulation).")
+    max_tokens_per_micro_batch: Optional[int] = Field(
+        None, ge=1, description="Token budget per forward/backward instead of micro_batch_size: rows sorted by "
+        "length and packed so that rows x longest row <= budget (padding included). At least prompt_length + "
+        "response_length. null: fixed micro_batch_size.")
 
 
 class RejectionConfig(_Section):
@@ -84,11 +121,26 @@ class RejectionConfig(_Section):
 
 
 class OffPolicyConfig(_Section):
-    correction: Literal["behaviour", "decoupled", "recompute"] = "behaviour"
+    correction: Literal[CORRECTIONS] = "behaviour"  # type: ignore[valid-type]
     is_weight_cap: float = Field(2.0, gt=0, description="C in w = min(C, exp(mean log(prox/mu))) for 'decoupled'.")
     rejection: Optional[RejectionConfig] = Field(None, description="Geometric-mean rejection bounds on prox/mu.")
     max_staleness: int = Field(1, ge=0, description="Admission bound; 0 = synchronous.")
     drop_stale: bool = Field(True, description="Drop groups whose staleness still exceeds max_staleness at train time.")
+
+
+class FilterGroupsConfig(_Section):
+    enabled: bool = Field(False, description="Dynamic sampling (DAPO): drop groups whose responses all have the same "
+                          "reward as they arrive and lease replacements, so every batch holds groups with signal.")
+    metric: Literal["reward"] = Field("reward", description="What must vary within a group: the scored reward (the "
+                                      "one per-response score the actors send).")
+
+
+class OverlongPenaltyConfig(_Section):
+    enabled: bool = Field(False, description="DAPO's soft overlong penalty: reward += penalty_factor * R_len (see "
+                          "gspo_async/algo/overlong.py): 0 up to response_length - buffer_length, then a linear ramp "
+                          "to -penalty_factor at response_length.")
+    buffer_length: int = Field(512, ge=1, description="L_buf, tokens before response_length where the ramp starts.")
+    penalty_factor: float = Field(1.0, ge=0, description="Penalty at response_length (the ramp's depth).")
 
 
 class CurveServerConfig(_Section):
@@ -136,6 +188,11 @@ class LearnerConfig(_Section):
     curve: CurveServerConfig = Field(default_factory=CurveServerConfig)
     engine: Literal["torch", "deepspeed"] = "torch"
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    precision: Literal["mixed", "pure"] = Field(
+        "mixed", description="mixed: fp32 master weights and optimiser state, forward/backward autocast to "
+        "model.dtype (fp16 with loss scaling). pure: weights and optimiser state in model.dtype itself; with "
+        "bfloat16/float16 an update below half an ulp of a weight is lost (lr 1e-6 barely moves bf16 weights), "
+        "so it is only for comparisons.")
     device: str = "cpu"
     total_steps: int = Field(100, ge=0)
     eval_every: int = Field(10, ge=0, description="Held-out eval every N steps (0 = never).")
@@ -160,13 +217,16 @@ class VLLMConfig(_Section):
         "keep", description="In-flight requests at a weight update: keep their KV cache, or abort and re-prefill."
     )
     logprobs_mode: Literal["processed_logprobs", "raw_logprobs"] = "processed_logprobs"
-    weight_transport: Literal["nccl", "ipc", "host"] = "nccl"
+    weight_transport: Literal["auto", "ipc", "host", "nccl"] = Field(
+        "auto", description="How received weights reach vLLM's workers: auto (ipc when they are on this actor's GPU "
+        "and tensor_parallel_size is 1, else host), ipc (CUDA IPC handles), host (bytes through the worker RPC), "
+        "nccl (experimental: vLLM's own NCCL group, not yet driven by the actor loop; see docs/vllm.md).")
     max_model_len: Optional[int] = None
 
 
 class ActorConfig(_Section):
-    engine: Literal["hf", "vllm", "vllm-fake", "simulated"] = Field(
-        "hf", description="hf (transformers), vllm (GPU), vllm-fake (CI double of vLLM), simulated (benchmarks)")
+    engine: Literal["hf", "vllm", "simulated"] = Field(
+        "hf", description="hf (transformers), vllm (GPU), simulated (benchmarks)")
     simulated: dict[str, Any] = Field(default_factory=dict, description="Length and cost model of the simulated "
                                       "engine (fields of engines/simulated.py SimulationSettings).")
     device: str = "cpu"
@@ -195,16 +255,14 @@ class TelemetryConfig(_Section):
 # The top level: ROLL's GSPO keys plus the sections above
 # --------------------------------------------------------------------------------------------------------------
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-
 # Clip ranges when the user sets none: the GSPO paper's for the sequence ratio, the paper's GRPO baseline otherwise.
 DEFAULT_CLIP = {"seq": (3e-4, 4e-4), "token": (0.2, 0.27)}
 
 
 class Config(_Section):
     # --- GSPO (seed keys, ROLL names and semantics) ---
-    adv_estimator: Literal["reinforce", "grpo"] = "grpo"
-    importance_sampling: Literal["seq", "token"] = "seq"
+    adv_estimator: Literal[ADV_ESTIMATORS] = "grpo"  # type: ignore[valid-type]
+    importance_sampling: Literal[IMPORTANCE_SAMPLING] = "seq"  # type: ignore[valid-type]
     rollout_batch_size: int = Field(64, ge=1, description="Prompts (groups) per training step.")
     num_return_sequences_in_group: int = Field(8, ge=1, description="Responses per prompt (G).")
     prompt_length: int = Field(2048, ge=1, description="Max prompt tokens.")
@@ -227,7 +285,7 @@ class Config(_Section):
     log_ratio_clamp: float = Field(10.0, gt=0, description="Guard on log s_i so exp never overflows.")
     reward_clip: Optional[float] = Field(None, gt=0)
     # --- normalize ---
-    reward_norm: Optional[Literal["batch", "group", "running"]] = None
+    reward_norm: Literal[REWARD_NORMS] = None  # type: ignore[valid-type]
     reward_shift: bool = False
     reward_scale: bool = False
     # --- reward ---
@@ -241,6 +299,11 @@ class Config(_Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     off_policy: OffPolicyConfig = Field(default_factory=OffPolicyConfig)
+    filter_groups: FilterGroupsConfig = Field(default_factory=FilterGroupsConfig)
+    mask_truncated_responses: bool = Field(False, description="Responses cut at response_length (finish reason "
+                                           "'length') contribute no token to the loss; their rewards still count in "
+                                           "the group's mean and std.")
+    overlong_penalty: OverlongPenaltyConfig = Field(default_factory=OverlongPenaltyConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     actor: ActorConfig = Field(default_factory=ActorConfig)
     local: LocalConfig = Field(default_factory=LocalConfig)
@@ -257,9 +320,25 @@ class Config(_Section):
         if (self.reward_shift or self.reward_scale) and self.reward_norm is None and self.adv_estimator != "grpo":
             raise ValueError("reward_shift / reward_scale modify a normalisation: set reward_norm (batch, group or "
                              "running) too, or leave them false")
-        if self.learner.engine == "deepspeed" and self.learner.deepspeed.zero_stage == 3 and self.learner.eval_every:
-            raise ValueError("learner.engine: deepspeed with zero_stage 3 cannot evaluate on rank 0 alone (every "
-                             "forward needs all ranks): set learner.eval_every: 0 or use zero_stage 1 or 2")
+        if self.learner.precision == "pure" and self.model.dtype != "float32":
+            if self.learner.engine == "deepspeed":
+                raise ValueError("learner.precision: pure is for the torch engine only: DeepSpeed always keeps fp32 "
+                                 "master weights for bfloat16/float16 (set learner.precision: mixed)")
+            warnings.warn(f"learner.precision: pure trains {self.model.dtype} weights without fp32 master weights: "
+                          "updates below half an ulp of a weight are lost (an Adam step of ~lr=1e-6 leaves most "
+                          "bf16 weights unchanged); use learner.precision: mixed to train", ConfigWarning,
+                          stacklevel=2)
+        if self.filter_groups.enabled and self.num_return_sequences_in_group < 2:
+            raise ValueError("filter_groups.enabled needs num_return_sequences_in_group >= 2: one response always has "
+                             "a constant reward, so every group would be filtered")
+        if self.overlong_penalty.enabled and self.overlong_penalty.buffer_length > self.response_length:
+            raise ValueError(f"overlong_penalty.buffer_length={self.overlong_penalty.buffer_length} exceeds "
+                             f"response_length={self.response_length}: the ramp must start inside the budget")
+        budget = self.optim.max_tokens_per_micro_batch
+        if budget is not None and budget < self.prompt_length + self.response_length:
+            raise ValueError(f"optim.max_tokens_per_micro_batch={budget} is below prompt_length + response_length = "
+                             f"{self.prompt_length + self.response_length}: the longest sequence would not fit; "
+                             "raise the budget (or leave it null for fixed micro_batch_size)")
         if self.off_policy.rejection and self.off_policy.rejection.low >= self.off_policy.rejection.high:
             raise ValueError("off_policy.rejection.low must be below off_policy.rejection.high")
         if self.use_kl_loss and self.kl_loss_coef == 0:
@@ -406,6 +485,11 @@ def _warn_semantics(cfg: Config, source: str) -> None:
             f"{source}: GSPO (importance_sampling: seq) with loss_agg_mode: seq-mean-token-sum makes the loss "
             "scale with response length (every token of a sequence carries the same sequence-level term); the "
             "paper's choice is seq-mean-token-mean", ConfigWarning, stacklevel=3)
+    if cfg.filter_groups.enabled and cfg.adv_estimator != "grpo":
+        warnings.warn(
+            f"{source}: filter_groups drops groups whose rewards are all equal because their group-normalised "
+            f"advantage is zero; with adv_estimator: {cfg.adv_estimator} such groups still carry signal and are "
+            "dropped anyway", ConfigWarning, stacklevel=3)
 
 
 def config_from_dict(data: dict[str, Any], *, source: str = "<config>",

@@ -45,7 +45,7 @@ def _child_env() -> dict[str, str]:
 
 
 def run_local(cfg: Config, resume: bool = False) -> int:
-    from gspo_async.learner.main import ensure_model
+    from gspo_async.bootstrap import ensure_model
 
     for key, value in _child_env().items():  # the model build below runs in this process
         os.environ.setdefault(key, value)
@@ -65,7 +65,9 @@ def run_local(cfg: Config, resume: bool = False) -> int:
     resolved.write_text(cfg.to_yaml())
 
     env = _child_env()
-    cmd = [sys.executable, "-m", "gspo_async", "learner", str(resolved)] + (["--resume"] if resume else [])
+    cmd = [sys.executable, "-m", "gspo_async", "learner", str(resolved)]
+    if resume:  # the run's saved settings, on this launch's ports; a first launch starts the run
+        cmd += ["--resume", "--start-if-missing", f"learner.port={port}", f"learner.weight_store_port={store_port}"]
     print(f"[local] learner: {' '.join(cmd)}", flush=True)
     learner = subprocess.Popen(cmd, env=env)
     actors: list[tuple[str, subprocess.Popen]] = []
@@ -100,8 +102,10 @@ def run_local(cfg: Config, resume: bool = False) -> int:
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():
         s = json.loads(summary_path.read_text())
-        print(f"[local] summary: {s['steps']} steps, held-out accuracy {s['start_accuracy']} -> "
-              f"{s['final_accuracy']}, {time.time() - t_start:.0f}s in all (model build included)", flush=True)
+        accuracy = (f", held-out accuracy {s['start_accuracy']:.3f} -> {s['final_accuracy']:.3f}"
+                    if s.get("start_accuracy") is not None else "")  # evaluation off: nothing to show
+        print(f"[local] summary: {s['steps']} steps{accuracy}, {time.time() - t_start:.0f}s in all (model build "
+              "included)", flush=True)
         print(f"[local] metrics: {run_dir / 'metrics.jsonl'}  checkpoints: {run_dir / 'checkpoints'}  "
               f"dashboard: gspo-async dashboard {run_dir}  report: gspo-async report {run_dir}", flush=True)
     return 130 if interrupted else rc

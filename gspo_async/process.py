@@ -1,11 +1,20 @@
-"""Per-process setup shared by every role: threads, offline hub, quiet libraries, signal handling."""
+"""Per-process setup shared by every role: threads, offline hub, quiet libraries, logging, signal handling."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import sys
 import threading
 from typing import Callable, Optional
+
+LOG_LEVEL_ENV = "GSPO_LOG_LEVEL"
+
+
+class StartupError(RuntimeError):
+    """A user mistake found while a role starts (a port in use, a missing run directory, a launcher that does not
+    fit the config): the command line prints its message as one line, without a traceback, and exits 2."""
 
 
 def rss_mb(pid: int) -> Optional[float]:
@@ -29,6 +38,69 @@ def setup_process(threads: int = 1) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+class _TagFormatter(logging.Formatter):
+    """The console format: the message as is when it names its role (``[learner] step ...``), else with the
+    process's role tag in front, so library warnings read like the role's own lines."""
+
+    def __init__(self, tag: str):
+        super().__init__("%(message)s")
+        self.tag = f"[{tag}] "
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if text.startswith("[") else self.tag + text
+
+
+class _Below(logging.Filter):
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < self.level
+
+
+class _ConsoleHandler(logging.StreamHandler):
+    """A stream handler bound to the name of a standard stream: it writes to whatever ``sys.stdout`` or
+    ``sys.stderr`` is when the record is emitted, so a stream replaced after setup (a redirect, a test's capture
+    that has since closed) never makes logging fail."""
+
+    def __init__(self, stream_name: str):
+        super().__init__()
+        self._stream_name = stream_name
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: D102
+        return getattr(sys, self._stream_name)
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns one; the name decides instead
+        pass
+
+
+def setup_logging(tag: str, level: Optional[str] = None) -> None:
+    """Console logging for this process's ``gspo_async`` loggers: INFO and DEBUG lines to stdout, warnings and
+    errors to stderr, each as ``[tag] message`` (or the message alone when it starts with its own ``[...]``).
+
+    `level` (or the GSPO_LOG_LEVEL environment variable; default INFO) is a logging level name such as DEBUG.
+    Calling it again replaces the handlers it installed (one line per record, never two).
+    """
+    name = (level or os.environ.get(LOG_LEVEL_ENV) or "INFO").upper()
+    if not isinstance(logging.getLevelName(name), int):
+        raise ValueError(f"{LOG_LEVEL_ENV}={name!r} is not a logging level; use DEBUG, INFO, WARNING or ERROR")
+    logger = logging.getLogger("gspo_async")
+    for h in [h for h in logger.handlers if getattr(h, "_gspo_console", False)]:
+        logger.removeHandler(h)
+    out, err = _ConsoleHandler("stdout"), _ConsoleHandler("stderr")
+    out.addFilter(_Below(logging.WARNING))
+    err.setLevel(logging.WARNING)
+    for h in (out, err):
+        h.setFormatter(_TagFormatter(tag))
+        h._gspo_console = True  # type: ignore[attr-defined]
+        logger.addHandler(h)
+    logger.setLevel(name)
 
 
 class StopFlag:

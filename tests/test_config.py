@@ -116,6 +116,7 @@ def test_every_config_in_configs_dir_loads():
             load_config(path)
 
 
+@pytest.mark.slow
 def test_cli_config_check_prints_resolved_and_fails_on_error(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "gspo_async", "config", "check", str(ROOT / "configs/example_gspo.yaml")],
                         capture_output=True, text=True, cwd=ROOT)
@@ -126,8 +127,22 @@ def test_cli_config_check_prints_resolved_and_fails_on_error(tmp_path):
     assert bad.returncode == 2 and "did you mean 'ppo_epochs'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_cli_help_does_not_import_torch():
     code = "import sys; from gspo_async.cli import build_parser; build_parser(); import gspo_async.config; " \
            "print('torch' in sys.modules, 'zmq' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "False False"
+
+
+def test_mode_lists_come_from_algo_modes():
+    # One definition per mode list: the schema's choices are algo.modes' tuples, so a mode added there is accepted
+    # by the config and a mode the loss refuses is refused by the config.
+    from gspo_async.algo import modes
+    from gspo_async.config import Config
+
+    fields = Config.model_fields
+    assert fields["loss_agg_mode"].annotation.__args__ == modes.LOSS_AGG_MODES
+    assert fields["adv_estimator"].annotation.__args__ == modes.ADV_ESTIMATORS
+    assert fields["importance_sampling"].annotation.__args__ == modes.IMPORTANCE_SAMPLING
+    assert fields["reward_norm"].annotation.__args__ == modes.REWARD_NORMS

@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Install gspo-async with its test extras (torch pinned to the CPU wheel) and run the whole test suite.
-# This is the README's test command; .ci/run calls it.
+# Install gspo-async with its test extras (torch pinned to the CPU wheel) and run the test suite.
+#   bash tools/test.sh                  everything (what CI runs)
+#   bash tools/test.sh -m "not slow"    the unit tier: no test starts a process
+# Further arguments go to pytest (a path, -k, -x, -n 0 to run in one process). GSPO_TEST_WORKERS sets the number
+# of pytest-xdist workers (default: auto, one per core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -c constraints-cpu.txt -e '.[test]'
 # The dashboard test drives a real headless Chromium from the system's package manager.
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-    || echo "warning: could not install chromium; the browser test will be skipped" >&2
+    || echo "warning: could not install chromium; the browser test will be skipped (or fail under GSPO_REQUIRE_BROWSER=1)" >&2
 fi
-export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
-exec python -m pytest -q "$@"
+export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false \
+  WANDB_MODE=offline WANDB_SILENT=true
+# Process-starting tests run in two xdist groups (see tests/conftest.py) so they never oversubscribe the cores;
+# the slowest 15 tests are printed so that a runtime regression shows in the CI log.
+exec python -m pytest -q -n "${GSPO_TEST_WORKERS:-auto}" --dist loadgroup --durations=15 "$@"

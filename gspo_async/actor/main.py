@@ -14,6 +14,7 @@ unstarted leases; a second SIGINT exits at once.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tempfile
@@ -24,8 +25,14 @@ from typing import Any, Optional
 
 import numpy as np
 
-from gspo_async.process import StopFlag, setup_process
+from gspo_async.process import StopFlag, setup_logging, setup_process
 from gspo_async.protocol.messages import ProtocolError
+
+
+log = logging.getLogger(__name__)
+
+LEARNER_SILENT_S = 3.0  # the learner counts as gone after this long without a message (it answers every heartbeat)
+STOP_ACK_WAIT_S = 0.5  # how long a stopping actor waits for acks from a silent learner (they will not come)
 
 
 class Actor:
@@ -47,6 +54,7 @@ class Actor:
         self.client = ActorClient(learner, self.actor_id, engine=self._local_engine_name(), curve=self._curve_keys(),
                                   stats_fn=lambda: dict(self.stats))
         self.session: Optional[str] = None
+        self._announced_weights = False
 
     def _local_engine_name(self) -> str:
         """The engine this actor will run: its own override, else whatever the learner's config says."""
@@ -69,8 +77,8 @@ class Actor:
 
     # ----- setup from the welcome -----
     def _configure(self, welcome) -> None:
-        from gspo_async.tasks.scoring import RewardRunner
         from gspo_async.config import apply_overrides, config_from_dict, load_config
+        from gspo_async.tasks import reward_runner_from_config, task_from_config
 
         raw = dict(welcome.config)
         if self.config_path:  # local actor settings (device, engine, keys) win over the learner's
@@ -82,12 +90,9 @@ class Actor:
         for name, data in welcome.model_files.items():
             (model_dir / Path(name).name).write_bytes(data)
         self.engine = self._build_engine(model_dir)
-        task_reward = self.cfg.task.reward
-        if task_reward == "exact":
-            from gspo_async.tasks import task_from_config
-
-            task_reward = task_from_config(self.cfg.task).reward_fn
-        self.reward = RewardRunner(task_reward, timeout_s=self.cfg.task.reward_timeout_s)
+        if getattr(self, "reward", None) is not None:
+            self.reward.close()  # a reconfigure (learner restart) must not leak the old worker pool
+        self.reward = reward_runner_from_config(self.cfg.task, task_from_config(self.cfg.task))
         from gspo_async.weights import WeightReceiverThread, WeightSubscriber
 
         host, port = welcome.weight_store
@@ -122,15 +127,31 @@ class Actor:
             from gspo_async.weights import named_weights, state_checksum
 
             held = state_checksum(named_weights(self.engine.model))
-            print(f"[actor {self.actor_id}] applied version {received.version} checksum {held}"
-                  f"{'' if held == received.checksum else ' MISMATCH with received ' + received.checksum}", flush=True)
+            if held != received.checksum:
+                log.error("[actor %s] applied version %d checksum %s MISMATCH with received %s", self.actor_id,
+                          received.version, held, received.checksum)
+            else:  # one line per version: debug only (GSPO_LOG_LEVEL=DEBUG)
+                log.debug("[actor %s] applied version %d checksum %s", self.actor_id, received.version, held)
+        if not self._announced_weights:
+            self._announced_weights = True
+            print(f"[actor {self.actor_id}] applied version {received.version} (first weights; every version's "
+                  "checksum is logged at debug level, GSPO_LOG_LEVEL=DEBUG)", flush=True)
         return True
 
     # ----- the loop -----
     def run(self) -> int:
         from gspo_async.engines.base import SamplingSettings
 
-        welcome = self.client.connect(timeout_s=60)
+        from gspo_async.protocol.client import LearnerUnavailable
+
+        try:
+            welcome = self.client.connect(timeout_s=60, stop=self.stop.event)
+        except LearnerUnavailable:
+            if not self.stop.is_set():
+                raise
+            print(f"[actor {self.actor_id}] stopped ({self.stop.reason}) before a learner answered; nothing to keep",
+                  flush=True)
+            return 0
         self._configure(welcome)
         cfg = self.cfg
         print(f"[actor {self.actor_id}] connected to {self.learner}; engine {cfg.actor.engine}; waiting for weights",
@@ -151,7 +172,9 @@ class Actor:
                     break
             self.apply_pending_weights()
             # The learner holds the request until admission opens (a new version), so no polling loop here.
-            leases = self.client.lease(cfg.actor.prompts_per_lease, timeout_s=10, wait_s=5)
+            # a silent learner will not answer: ask in short waits so that a stop is seen within a second
+            silent = self.client.learner_silent_s > LEARNER_SILENT_S
+            leases = self.client.lease(cfg.actor.prompts_per_lease, timeout_s=0.5 if silent else 10, wait_s=5)
             if not leases:
                 self.apply_pending_weights(wait_s=0.5)
                 continue
@@ -161,8 +184,7 @@ class Actor:
                                           cfg.num_return_sequences_in_group, sampling)
             gen_s = time.time() - t0
             tokens = 0
-            for lease, gens in zip(leases, groups):
-                group = self._make_group(lease, gens, gen_s)
+            for group, lease in zip(self._make_groups(leases, groups, gen_s), leases):
                 tokens += group.num_tokens
                 try:
                     self.client.push(group)
@@ -179,29 +201,54 @@ class Actor:
                               tokens_total=self.stats["tokens_total"] + tokens,
                               groups_total=self.stats["groups_total"] + len(groups),
                               reward_errors=float(sum(self.reward.errors.values())),
+                              reward_last_error=(self.reward.last_error or "").encode()[:240].decode(errors="ignore"),
                               busy_frac=(busy_s := busy_s + gen_s) / max(now - started, 1e-9))
-        print(f"[actor {self.actor_id}] stopping ({self.stop.reason}); waiting for acks", flush=True)
-        self.client.wait_acked(timeout_s=30)
+        self._finish()
         return 0
 
-    def _make_group(self, lease, gens, gen_s: float):
-        """Score the G responses to one lease and wrap them as a RolloutGroup with the engine's version spans."""
+    def _finish(self) -> None:
+        """Wait for the acknowledgements of pushed groups (at most STOP_ACK_WAIT_S when the learner is silent,
+        so a stop never hangs on a learner that is gone) and say what is left undelivered."""
+        silent_s = self.client.learner_silent_s
+        gone = silent_s > LEARNER_SILENT_S
+        pending = self.client.unacked()
+        print(f"[actor {self.actor_id}] stopping ({self.stop.reason}); "
+              + (f"waiting for the acks of {pending} group(s)" if pending else "nothing unacknowledged")
+              + (f" (the learner has been silent for {silent_s:.0f} s)" if gone else ""), flush=True)
+        if pending:
+            self.client.wait_acked(timeout_s=STOP_ACK_WAIT_S if gone else 30)
+        left = self.client.unacked()
+        if left:
+            print(f"[actor {self.actor_id}] stopped with {left} unacknowledged group(s) kept until exit and not "
+                  "delivered (no learner answered); their prompts go back to the queue when the learner's leases "
+                  "expire", flush=True)
+
+    def _make_groups(self, leases, groups, gen_s: float):
+        """Score the G responses to each lease (all groups of the batch at once, in parallel on the reward
+        workers) and wrap each as a RolloutGroup with the engine's version spans and its reward figures."""
         from gspo_async.protocol.messages import Response, RolloutGroup
 
         t0 = time.time()
-        texts = [self.engine.tokenizer.decode(g.tokens, skip_special_tokens=True) for g in gens]
-        prompt_text = self.engine.tokenizer.decode(lease.tokens.tolist(), skip_special_tokens=True)
-        rewards = self.reward.score(prompt_text, texts, lease.answer, lease.meta)
-        reward_s = time.time() - t0
-        self.stats["reward_mean"] = float(np.mean(rewards))
-        responses = [Response(tokens=np.asarray(g.tokens, dtype=np.int32),
-                              logprobs=np.asarray(g.logprobs, dtype=np.float32), reward=float(r),
-                              finish_reason=g.finish_reason,
-                              version_spans=np.asarray(g.version_spans, dtype=np.int32).reshape(-1, 3))
-                     for g, r in zip(gens, rewards)]
-        return RolloutGroup(group_id=f"{self.actor_id}:{lease.prompt_id}:{uuid.uuid4().hex[:8]}",
-                            prompt_id=lease.prompt_id, actor_id=self.actor_id, prompt_tokens=lease.tokens,
-                            responses=responses, timings={"gen_s": gen_s, "reward_s": reward_s})
+        decode = self.engine.tokenizer.decode
+        jobs = [(decode(lease.tokens.tolist(), skip_special_tokens=True),
+                 [decode(g.tokens, skip_special_tokens=True) for g in gens], lease.answer, lease.meta)
+                for lease, gens in zip(leases, groups)]
+        scores = self.reward.score_groups(jobs)
+        reward_s = (time.time() - t0) / max(len(jobs), 1)
+        out = []
+        for lease, gens, score in zip(leases, groups, scores):
+            self.stats["reward_mean"] = float(np.mean(score.rewards))
+            responses = [Response(tokens=np.asarray(g.tokens, dtype=np.int32),
+                                  logprobs=np.asarray(g.logprobs, dtype=np.float32), reward=float(r),
+                                  finish_reason=g.finish_reason,
+                                  version_spans=np.asarray(g.version_spans, dtype=np.int32).reshape(-1, 3))
+                         for g, r in zip(gens, score.rewards)]
+            # the group's map holds at most max_items entries: the timings first, then the reward figures
+            figures = score.figures(max_items=_MAX_REWARD_FIGURES)
+            out.append(RolloutGroup(group_id=f"{self.actor_id}:{lease.prompt_id}:{uuid.uuid4().hex[:8]}",
+                                    prompt_id=lease.prompt_id, actor_id=self.actor_id, prompt_tokens=lease.tokens,
+                                    responses=responses, timings={"gen_s": gen_s, "reward_s": reward_s, **figures}))
+        return out
 
     def close(self) -> None:
         try:
@@ -211,6 +258,11 @@ class Actor:
                 self.weights.stop()
             if self.engine is not None:
                 self.engine.close()
+            if getattr(self, "reward", None) is not None:
+                self.reward.close()
+
+
+_MAX_REWARD_FIGURES = 48  # of the 64 entries a group's timings map may hold
 
 
 def _actor_overrides(overrides: list[str]) -> list[str]:
@@ -226,6 +278,7 @@ def _stable_hash(text: str) -> int:
 def run_actor(learner: str, actor_id: Optional[str] = None, config_path: Optional[str] = None,
               overrides: Optional[list[str]] = None, run_dir: Optional[str] = None) -> int:
     setup_process(1)
+    setup_logging(f"actor {actor_id}" if actor_id else "actor")
     actor = Actor(learner, actor_id, overrides or [], config_path, run_dir)
     actor.stop.install()
     try:

@@ -20,52 +20,53 @@ losses.py      GSPO (arXiv 2507.18071, Eq. 5 and GSPO-token):
 off_policy.py  pi_old = mu (behaviour) or pi_prox (decoupled, recompute); decoupled weight
                w_i = min(C, exp(mean_t log(pi_prox / mu))) and a geometric-mean rejection mask.
 logprobs.py    log softmax(h W^T / temperature)[y] in chunks of tokens, never the whole [tokens x vocab].
+modes.py       the mode lists the config schema checks against (no torch).
+overlong.py    DAPO soft overlong penalty: r += f * R_len(|y|), R_len = 0 up to L_max - L_buf, then
+               ((L_max - L_buf) - |y|) / L_buf down to -1 at L_max; mask of truncated responses.
 """
 
-from gspo_async.algo.advantages import (
-    clip_advantages,
-    compute_advantages,
-    group_advantages,
-    masked_whiten,
-    reward_to_go,
-)
-from gspo_async.algo.logprobs import naive_token_logprobs, token_logprobs_from_hidden
-from gspo_async.algo.losses import LOSS_AGG_MODES, aggregate, kl_k3, policy_loss
-from gspo_async.algo.off_policy import (
-    CORRECTIONS,
-    geometric_rejection_mask,
-    select_old_logprobs,
-    sequence_log_ratio,
-    truncated_is_weight,
-)
-from gspo_async.algo.rewards import (
-    RunningMoments,
-    clip_rewards,
-    normalize_rewards,
-    place_sequence_reward,
-    token_level_kl_penalty,
-)
+from __future__ import annotations
 
-__all__ = [
-    "CORRECTIONS",
-    "LOSS_AGG_MODES",
-    "RunningMoments",
-    "aggregate",
-    "clip_advantages",
-    "clip_rewards",
-    "compute_advantages",
-    "geometric_rejection_mask",
-    "group_advantages",
-    "kl_k3",
-    "masked_whiten",
-    "naive_token_logprobs",
-    "normalize_rewards",
-    "place_sequence_reward",
-    "policy_loss",
-    "reward_to_go",
-    "select_old_logprobs",
-    "sequence_log_ratio",
-    "token_level_kl_penalty",
-    "token_logprobs_from_hidden",
-    "truncated_is_weight",
-]
+import importlib
+from typing import Any
+
+# name -> the module of this package that defines it; loaded on first use so that importing
+# gspo_async.algo.modes (the config schema does) never imports torch.
+_EXPORTS = {
+    "ADV_ESTIMATORS": "modes",
+    "CORRECTIONS": "modes",
+    "IMPORTANCE_SAMPLING": "modes",
+    "LOSS_AGG_MODES": "modes",
+    "REWARD_NORMS": "modes",
+    "RunningMoments": "rewards",
+    "aggregate": "losses",
+    "clip_advantages": "advantages",
+    "clip_rewards": "rewards",
+    "compute_advantages": "advantages",
+    "geometric_rejection_mask": "off_policy",
+    "group_advantages": "advantages",
+    "kl_k3": "losses",
+    "mask_truncated": "overlong",
+    "masked_whiten": "advantages",
+    "naive_token_logprobs": "logprobs",
+    "normalize_rewards": "rewards",
+    "place_sequence_reward": "rewards",
+    "policy_loss": "losses",
+    "reward_to_go": "advantages",
+    "select_old_logprobs": "off_policy",
+    "sequence_log_ratio": "off_policy",
+    "soft_overlong_penalty": "overlong",
+    "token_level_kl_penalty": "rewards",
+    "token_logprobs_from_hidden": "logprobs",
+    "truncated_is_weight": "off_policy",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value

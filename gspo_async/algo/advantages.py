@@ -18,7 +18,7 @@ from gspo_async.algo.rewards import (
     token_level_kl_penalty,
 )
 
-ADV_ESTIMATORS = ("reinforce", "grpo")
+from gspo_async.algo.modes import ADV_ESTIMATORS
 
 
 def group_advantages(

@@ -6,10 +6,15 @@ normalises `chunk_size` rows at a time, keeps only the per-row log-normaliser, a
 logits in backward, so peak memory is a few [chunk_size x vocab] buffers in both passes.
 
 Both functions divide the logits by `temperature`: the learner must score tokens at the sampling temperature
-for its ratios against the actor's logprobs to mean anything.
+for its ratios against the actor's logprobs to mean anything. Before that they apply the architecture's own logit
+transform (:class:`LogitTransform`: a scale such as Granite's 1 / logits_scaling or Cohere's logit_scale, then
+Gemma-2's softcapping cap * tanh(z / cap)), so the log-probs are those of the model's own forward.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,16 +30,43 @@ def _compute_dtype(*tensors: Tensor | None) -> torch.dtype:
     return dtype
 
 
-def _scaled_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: float, dtype) -> Tensor:
+@dataclass(frozen=True)
+class LogitTransform:
+    """What a model does to ``hidden @ W.T + b`` before its logits: multiply by `scale`, then, when `softcap` is
+    set, ``softcap * tanh(z / softcap)``. The identity by default."""
+
+    scale: float = 1.0
+    softcap: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if not self.scale > 0:
+            raise ValueError(f"LogitTransform.scale must be > 0, got {self.scale}")
+        if self.softcap is not None and not self.softcap > 0:
+            raise ValueError(f"LogitTransform.softcap must be > 0 or None, got {self.softcap}")
+
+
+IDENTITY = LogitTransform()
+
+
+def _scaled_logits(hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: float, dtype,
+                   transform: LogitTransform = IDENTITY) -> tuple[Tensor, Tensor | None]:
+    """(logits / temperature after the transform, d logits / d raw logits of the softcap or None) [rows x V]."""
     logits = F.linear(hidden.to(dtype), weight, bias)
-    return logits.div_(temperature) if temperature != 1.0 else logits
+    if transform.scale != 1.0:
+        logits.mul_(transform.scale)
+    slope = None
+    if transform.softcap is not None:
+        logits = torch.tanh(logits.div_(transform.softcap))
+        slope = 1.0 - logits * logits  # d tanh(u)/du; times cap / cap: d(cap tanh(z / cap))/dz
+        logits.mul_(transform.softcap)
+    return (logits.div_(temperature) if temperature != 1.0 else logits), slope
 
 
 class _ChunkedLogprobs(torch.autograd.Function):
     """logprobs [N] (and entropy [N]) of `labels` under softmax((hidden @ weight.T + bias) / temperature)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, temperature, chunk_size, compute_entropy):
+    def forward(ctx, hidden, weight, bias, labels, temperature, chunk_size, compute_entropy, transform):
         dtype = _compute_dtype(hidden, weight, bias)
         w = weight.to(dtype)
         b = None if bias is None else bias.to(dtype)
@@ -44,7 +76,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
         entropy = torch.zeros(n if compute_entropy else 0, dtype=dtype, device=hidden.device)
         for start in range(0, n, chunk_size):
             rows = slice(start, min(start + chunk_size, n))
-            z = _scaled_logits(hidden[rows], w, b, temperature, dtype)
+            z = _scaled_logits(hidden[rows], w, b, temperature, dtype, transform)[0]
             lse[rows] = torch.logsumexp(z, dim=-1)
             logprobs[rows] = z.gather(1, labels[rows, None]).squeeze(1) - lse[rows]
             if compute_entropy:
@@ -52,6 +84,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
                 entropy[rows] = -(logp.exp() * logp).sum(-1)
         ctx.save_for_backward(hidden, weight, bias, labels, lse, entropy)
         ctx.temperature, ctx.chunk_size, ctx.compute_entropy = temperature, chunk_size, compute_entropy
+        ctx.transform = transform
         if not compute_entropy:
             ctx.mark_non_differentiable(entropy)
         return logprobs, entropy
@@ -69,7 +102,8 @@ class _ChunkedLogprobs(torch.autograd.Function):
         for start in range(0, hidden.shape[0], ctx.chunk_size):
             rows = slice(start, min(start + ctx.chunk_size, hidden.shape[0]))
             h = hidden[rows].to(dtype)
-            logp = _scaled_logits(h, w, b, ctx.temperature, dtype).sub_(lse[rows, None])
+            z, slope = _scaled_logits(h, w, b, ctx.temperature, dtype, ctx.transform)
+            logp = z.sub_(lse[rows, None])
             p = logp.exp()
             g_lp = grad_logprobs[rows, None].to(dtype)
             # d logp_label / dz = onehot(label) - p
@@ -80,6 +114,10 @@ class _ChunkedLogprobs(torch.autograd.Function):
                 grad_z.sub_(logp.add_(entropy[rows, None]).mul_(p).mul_(grad_entropy[rows, None].to(dtype)))
             if ctx.temperature != 1.0:
                 grad_z.div_(ctx.temperature)
+            if slope is not None:  # back through the softcap, then the scale, to the raw logits
+                grad_z.mul_(slope)
+            if ctx.transform.scale != 1.0:
+                grad_z.mul_(ctx.transform.scale)
             if need_h:
                 grad_h[rows] = (grad_z @ w).to(hidden.dtype)
             if need_w:
@@ -88,7 +126,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
                 grad_b.add_(grad_z.sum(0))
         grad_w = None if grad_w is None else grad_w.to(weight.dtype)
         grad_b = None if grad_b is None else grad_b.to(bias.dtype)
-        return grad_h, grad_w, grad_b, None, None, None, None
+        return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
 def _check(hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor | None, temperature: float) -> None:
@@ -122,8 +160,9 @@ def token_logprobs_from_hidden(
     temperature: float = 1.0,
     chunk_size: int = 1024,
     compute_entropy: bool = False,
+    transform: LogitTransform = IDENTITY,
 ) -> tuple[Tensor, Tensor | None]:
-    """log softmax((hidden @ W.T + bias) / temperature)[label] per token, and optionally its entropy.
+    """log softmax(transform(hidden @ W.T + bias) / temperature)[label] per token, and optionally its entropy.
 
     hidden [N, H] or [B, T, H] (any float dtype), lm_head_weight [V, H], labels [N] or [B, T] token ids.
     Returns logprobs in nats with the shape of `labels`, float32 (float64 for float64 inputs), differentiable
@@ -136,7 +175,8 @@ def token_logprobs_from_hidden(
     flat_hidden = hidden.reshape(-1, hidden.shape[-1])
     flat_labels = labels.reshape(-1).long()
     logprobs, entropy = _ChunkedLogprobs.apply(
-        flat_hidden, lm_head_weight, bias, flat_labels, float(temperature), int(chunk_size), compute_entropy
+        flat_hidden, lm_head_weight, bias, flat_labels, float(temperature), int(chunk_size), compute_entropy,
+        transform,
     )
     return logprobs.reshape(labels.shape), entropy.reshape(labels.shape) if compute_entropy else None
 
@@ -149,11 +189,15 @@ def naive_token_logprobs(
     bias: Tensor | None = None,
     temperature: float = 1.0,
     compute_entropy: bool = False,
+    transform: LogitTransform = IDENTITY,
 ) -> tuple[Tensor, Tensor | None]:
     """The same as `token_logprobs_from_hidden`, materialising the full [N x V] log-softmax (reference)."""
     _check(hidden, lm_head_weight, labels, bias, temperature)
     dtype = _compute_dtype(hidden, lm_head_weight, bias)
     logits = F.linear(hidden.to(dtype), lm_head_weight.to(dtype), None if bias is None else bias.to(dtype))
+    logits = logits * transform.scale
+    if transform.softcap is not None:
+        logits = transform.softcap * torch.tanh(logits / transform.softcap)
     logp = (logits / temperature).log_softmax(dim=-1)
     logprobs = logp.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
     entropy = -(logp.exp() * logp).sum(-1) if compute_entropy else None

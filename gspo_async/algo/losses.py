@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-IMPORTANCE_SAMPLING = ("seq", "token")
+from gspo_async.algo.modes import IMPORTANCE_SAMPLING, LOSS_AGG_MODES
 
 
 def _count(value: float | Tensor | None, local: Tensor) -> Tensor:

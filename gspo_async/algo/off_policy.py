@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor
 
-CORRECTIONS = ("behaviour", "decoupled", "recompute")
+from gspo_async.algo.modes import CORRECTIONS
 
 
 def sequence_log_ratio(num_logprobs: Tensor, den_logprobs: Tensor, mask: Tensor) -> Tensor:

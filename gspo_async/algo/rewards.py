@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-REWARD_NORMS = (None, "batch", "group", "running")
+from gspo_async.algo.modes import REWARD_NORMS
 
 
 class RunningMoments:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-from gspo_async.telemetry.names import METRICS, bin_label
+from gspo_async.dashboard.summary import DROP_REASONS, events
+from gspo_async.telemetry.names import METRICS, RATE_WINDOW_S, bin_label
 
 COLORS = ["#2f6fd0", "#e08a00", "#1f9e6e", "#d64545", "#7b52c9", "#149a9a", "#c2548f", "#7a8a20"]
 LAG_COLORS = ["#2bb673", "#8fcb3f", "#e0c51f", "#f5a524", "#ef7a3a", "#e2504a", "#c03a6b", "#8e3bb0"]
-DROP_REASONS = [("staleness/dropped", "too stale"), ("drops/invalid", "invalid"), ("drops/duplicate", "duplicate"),
-                ("drops/late", "late"), ("drops/zero_variance", "zero variance"), ("drops/filtered", "filtered")]
+# Event markers on every chart over steps: kind -> (color, line style).
+EVENT_STYLES = {"eval/runs": ("#1f9e6e", ":"), "checkpoint/saves": ("#2f6fd0", ":"),
+                "actors/joined": ("#7b52c9", "--"), "actors/left": ("#e08a00", "--"),
+                "weights/failures": ("#d64545", "-"), "learner/started_at": ("#7a8a20", "-")}
 
 
 # ----- data -----
@@ -58,6 +61,20 @@ def interval_counts(records: list[dict], key: str) -> list[tuple[int, list[float
     return out
 
 
+def evaluations(records: list[dict]) -> tuple[list[float], list[float]]:
+    """(steps, accuracies) of the records where an evaluation ran (``eval/runs`` grew); every record repeats the
+    latest accuracy, so plotting them all would hide when evaluations happened. Records without ``eval/runs`` (older
+    runs) fall back to every change of the accuracy."""
+    xs, ys, prev_runs, prev_acc = [], [], None, None
+    for r in records:
+        acc, runs = r.get("eval/accuracy"), r.get("eval/runs")
+        if is_number(acc) and ((is_number(runs) and runs != prev_runs) or (runs is None and acc != prev_acc)):
+            xs.append(r["step"])
+            ys.append(float(acc))
+        prev_runs, prev_acc = (runs if is_number(runs) else prev_runs), acc
+    return xs, ys
+
+
 def actor_ids(records: list[dict]) -> list[str]:
     """Every actor id seen in an ``actor/<id>/<suffix>`` key, sorted."""
     ids = {k.split("/")[1] for r in records for k in r if k.startswith("actor/") and k.count("/") == 2}
@@ -75,6 +92,22 @@ def _plot_lines(ax, records: list[dict], items: list[tuple[str, str]], ylabel: s
             drawn = True
     _finish(ax, title, ylabel, drawn)
     return drawn
+
+
+def mark_events(ax, records: list[dict]) -> int:
+    """Vertical lines at the steps of the run's events (evaluations, checkpoints, joins, leaves, weight-sync
+    failures, resumes), one legend entry per kind; returns the number drawn."""
+    seen: set[str] = set()
+    n = 0
+    for e in events(records):
+        if not is_number(e["step"]):
+            continue
+        color, style = EVENT_STYLES.get(e["kind"], ("#888888", ":"))
+        ax.axvline(e["step"], color=color, ls=style, lw=0.8, alpha=0.6,
+                   label=None if e["kind"] in seen else e["label"])
+        seen.add(e["kind"])
+        n += 1
+    return n
 
 
 def _finish(ax, title: str, ylabel: str, drawn: bool, xlabel: str = "optimiser step") -> None:
@@ -100,7 +133,7 @@ def _fig_reward(records, axes) -> None:
             ax.fill_between([b[0] for b in band], [b[1] - b[2] for b in band], [b[1] + b[2] for b in band],
                             color=COLORS[0], alpha=0.15, label="± 1 std")
     _finish(axes[0], "Training reward", "reward", bool(xs))
-    xs, acc = series(records, "eval/accuracy")
+    xs, acc = evaluations(records)
     if xs:
         axes[1].plot(xs, [100 * a for a in acc], "o-", color=COLORS[2], lw=1.5, ms=3, label="eval accuracy")
         axes[1].set_ylim(0, 100)
@@ -135,8 +168,9 @@ def _fig_staleness(records, axes) -> None:
 
 
 def _fig_throughput(records, axes) -> None:
-    _plot_lines(axes[0], records, [("throughput/gen_tokens_per_s", "generated"),
-                                   ("throughput/train_tokens_per_s", "trained")], "tokens / s", "Throughput")
+    _plot_lines(axes[0], records, [("throughput/gen_tokens_per_s", "generated (accepted)"),
+                                   ("throughput/train_tokens_per_s", "trained (achieved)")], "tokens / s",
+                f"Throughput over the last {RATE_WINDOW_S:g} s of wall time")
     _plot_lines(axes[1], records, [(f"actor/{a}/tokens_per_s", a) for a in actor_ids(records)], "tokens / s",
                 "Tokens/s per actor")
 
@@ -146,10 +180,14 @@ def _fig_learner(records, axes) -> None:
     xs, busy = series(records, "learner/busy_frac")
     if xs:
         ax.fill_between(xs, [100 * b for b in busy], color=COLORS[2], alpha=0.25)
-        ax.plot(xs, [100 * b for b in busy], color=COLORS[2], lw=1.5, label="busy")
+        ax.plot(xs, [100 * b for b in busy], color=COLORS[2], lw=1.5, label=f"busy (last {RATE_WINDOW_S:g} s)")
         ax.set_ylim(0, 100)
+    xs2, total = series(records, "learner/busy_frac_since_start")
+    if xs2:
+        ax.plot(xs2, [100 * b for b in total], color=COLORS[0], lw=1.2, ls="--", label="busy (since start)")
     _finish(ax, "Learner busy fraction", "busy (%)", bool(xs))
     _plot_lines(axes[1], records, [("buffer/groups", "buffered groups"), ("leases/in_flight", "leases in flight"),
+                                   ("leases/capacity", "leases admission would grant"),
                                    ("actors/alive", "actors alive")], "count", "Buffer, leases and fleet")
 
 
@@ -169,13 +207,14 @@ def _fig_weights(records, axes) -> None:
         ax.bar(steps, sync, width=w, color="#5d8fd6", label="sync total")
         ax.bar(steps, transfer, width=w, color=COLORS[5], label="transfer")
     _finish(ax, "Weight sync per broadcast", "seconds", bool(steps))
-    _plot_lines(axes[1], records, [("weights/version_skew_max", "worst actor skew"),
-                                   ("staleness/in_flight_max", "in-flight max lag")], "versions",
-                "Actor version skew")
+    _plot_lines(axes[1], records, [("weights/version_skew_max", "worst actor lag")] +
+                [(f"actor/{a}/version_lag", a) for a in actor_ids(records)], "versions",
+                "Actor lag: learner version - oldest version of its newest group")
 
 
 def _fig_drops(records, axes) -> None:
-    _plot_lines(axes[0], records, DROP_REASONS, "groups (cumulative)", "Drops by reason")
+    _plot_lines(axes[0], records, [(k, f"{label} ({unit})") for k, label, unit in DROP_REASONS], "count (cumulative)",
+                "Drops by reason")
     ax = axes[1]
     dropped = last_value(records, "drops/length_hist_dropped") or []
     kept = last_value(records, "drops/length_hist_kept") or []
@@ -185,13 +224,13 @@ def _fig_drops(records, axes) -> None:
     if used:
         idx = list(range(used[0], used[-1] + 1))
         spec = METRICS["drops/length_hist_kept"]
-        for j, (counts, total, label) in enumerate([(dropped, sd, "dropped"), (kept, sk, "kept")]):
+        for j, (counts, total, label) in enumerate([(dropped, sd, "dropped"), (kept, sk, "trained")]):
             vals = [100 * (counts[i] if i < len(counts) and counts[i] else 0) / total if total else 0 for i in idx]
             ax.bar([k + (j - 0.5) * 0.4 for k in range(len(idx))], vals, width=0.4,
                    color=COLORS[3] if j == 0 else COLORS[0], label=f"{label} ({total:g})")
         ax.set_xticks(range(len(idx)), [bin_label(spec, i) for i in idx], rotation=30, fontsize=8)
-    _finish(ax, "Length of dropped vs kept groups", "share of groups (%)", bool(used),
-            xlabel="mean response length (tokens)")
+    _finish(ax, "Length of responses: dropped vs trained", "share of responses (%)", bool(used),
+            xlabel="response length (tokens, inclusive bins)")
 
 
 def _fig_optimisation(records, axes) -> None:
@@ -202,18 +241,16 @@ def _fig_optimisation(records, axes) -> None:
 
 
 def _fig_ratio(records, axes) -> None:
-    _plot_lines(axes[0], records, [("train/ratio_mean", "mean"), ("train/ratio_max", "max"),
-                                   ("train/ratio_min", "min")], "ratio", "GSPO sequence ratio",
-                {"train/ratio_max": "--", "train/ratio_min": "--"})
+    _plot_lines(axes[0], records, [("train/ratio_mean", "mean"), ("train/ratio_max", "max")], "ratio",
+                "GSPO sequence ratio", {"train/ratio_max": "--"})
     axes[0].ticklabel_format(axis="y", useOffset=False)
-    _plot_lines(axes[1], records, [("train/is_weight_mean", "mean"), ("train/is_weight_max", "max"),
-                                   ("train/is_weight_min", "min")], "weight", "Staleness-correction weights",
-                {"train/is_weight_max": "--", "train/is_weight_min": "--"})
+    _plot_lines(axes[1], records, [("train/is_weight_mean", "mean"), ("train/is_weight_max", "max")], "weight",
+                "Staleness-correction weights (exactly 1 unless decoupled)", {"train/is_weight_max": "--"})
 
 
 def _fig_policy(records, axes) -> None:
-    _plot_lines(axes[0], records, [("train/entropy", "entropy"), ("train/kl", "KL to reference"),
-                                   ("train/mismatch_kl", "mismatch KL")], "nats", "Entropy and KL")
+    _plot_lines(axes[0], records, [("train/entropy", "entropy"), ("train/approx_kl", "KL(pi_old || pi_theta)")],
+                "nats", "Entropy and KL")
     _plot_lines(axes[1], records, [("response/length_mean", "mean"), ("response/length_max", "max")], "tokens",
                 "Response length", {"response/length_max": "--"})
 

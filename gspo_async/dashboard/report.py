@@ -7,17 +7,28 @@ figure next to it (see `plots.FIGURES`). The page needs no server and no network
 from __future__ import annotations
 
 import html
+import time
 from pathlib import Path
 from typing import Any
 
-from gspo_async.dashboard.plots import DROP_REASONS, FIGURES, actor_ids, is_number, last_value, series
+from gspo_async.dashboard.plots import FIGURES, actor_ids, last_value, mark_events, series
+from gspo_async.dashboard.summary import COUNTS, DROP_REASONS, run_summary
+from gspo_async.telemetry.names import RATE_WINDOW_S
 from gspo_async.telemetry.registry import read_metrics
+
+INSTALL_HINT = "python -m pip install 'gspo-async[report]'  (or: python -m pip install matplotlib)"
+
+
+class MissingExtraError(RuntimeError):
+    """An optional dependency of a command is not installed; the message names the install command."""
 
 
 # ----- summary -----
-def summary(records: list[dict]) -> list[tuple[str, str]]:
-    """(label, value) rows describing the run."""
+def summary(records: list[dict], now: float | None = None) -> list[tuple[str, str]]:
+    """(label, value) rows describing the run; counts and drops come from `dashboard.summary.run_summary`, the
+    numbers the live dashboard shows."""
     first, last = records[0], records[-1]
+    digest = run_summary(records, now if now is not None else time.time())
 
     def avg(key: str, tail: int | None = None) -> float | None:
         _, ys = series(records, key)
@@ -27,7 +38,8 @@ def summary(records: list[dict]) -> list[tuple[str, str]]:
     def fmt(v: Any, spec: str = ".4g", suffix: str = "") -> str:
         return "–" if v is None else f"{v:{spec}}{suffix}"
 
-    rows = [("records", str(len(records))), ("role", str(last.get("role", "?"))),
+    state = {"ended": "ended (final record written)", "live": "running", "stopped": "stopped without a final record"}
+    rows = [("records", str(len(records))), ("run", state.get(digest["state"], digest["state"])),
             ("steps", fmt(last_value(records, "train/step") or last["step"], "g")),
             ("final weight version", fmt(last_value(records, "train/version"), "g")),
             ("wall time", fmt((last["time"] - first["time"]) / 60, ".1f", " min")),
@@ -42,16 +54,25 @@ def summary(records: list[dict]) -> list[tuple[str, str]]:
             mean = sum(i * (c or 0) for i, c in enumerate(hist)) / total
             shares = ", ".join(f"{i}: {100 * (c or 0) / total:.1f}%" for i, c in enumerate(hist))
             rows.append((f"staleness, {label}-weighted", f"mean {mean:.3f} versions ({shares})"))
-    rows += [("trained tokens", fmt(last_value(records, "train/tokens"), ",.0f")),
-             ("generated tokens/s (mean)", fmt(avg("throughput/gen_tokens_per_s"), ",.0f")),
-             ("trained tokens/s (mean)", fmt(avg("throughput/train_tokens_per_s"), ",.0f")),
-             ("learner busy (mean)", fmt(_scaled(avg("learner/busy_frac")), ".1f", " %")),
+    rows += [(label, fmt(digest["counts"][key], ",.0f")) for key, label in COUNTS]
+    rates, busy = digest["rates"], digest["busy"]
+    rows += [(f"generated tokens/s (last {RATE_WINDOW_S:g} s)", fmt(rates["throughput/gen_tokens_per_s"], ",.0f")),
+             (f"trained tokens/s (last {RATE_WINDOW_S:g} s, waits included)",
+              fmt(rates["throughput/train_tokens_per_s"], ",.0f")),
+             (f"learner busy (last {RATE_WINDOW_S:g} s)", fmt(_scaled(busy["window"]), ".1f", " %")),
+             ("learner busy (since start)", fmt(_scaled(busy["since_start"]), ".1f", " %")),
+             ("bottleneck", f"{digest['bottleneck']['label']}: {digest['bottleneck']['reason']}"),
              ("weight syncs", fmt(last_value(records, "weights/syncs"), "g")),
+             ("weight sync failures", fmt(last_value(records, "weights/failures"), "g")),
              ("weight sync (mean)", fmt(avg("weights/sync_s"), ".3f", " s")),
              ("weight sync size", fmt(_mib(last_value(records, "weights/bytes")), ".1f", " MiB"))]
-    drops = [f"{label} {last_value(records, key):g}" for key, label in DROP_REASONS
-             if is_number(last_value(records, key))]
+    drops = [f"{label} {digest['drops'][key]:g} {unit}" for key, label, unit in DROP_REASONS
+             if digest["drops"][key] is not None]
     rows.append(("drops", ", ".join(drops) if drops else "none recorded"))
+    kinds: dict[str, int] = {}
+    for e in digest["events"]:
+        kinds[e["label"]] = kinds.get(e["label"], 0) + 1
+    rows.append(("events", ", ".join(f"{k} ×{n}" for k, n in kinds.items()) or "none"))
     rows.append(("actors seen", ", ".join(actor_ids(records)) or "–"))
     return rows
 
@@ -64,21 +85,37 @@ def _mib(v: float | None) -> float | None:
     return None if v is None else v / 2 ** 20
 
 
-def _actor_rows(records: list[dict]) -> list[list[str]]:
+def _actor_rows(records: list[dict], state: str) -> list[list[str]]:
+    """One row per actor seen: its state (``run ended`` once the learner wrote its final record), versions, lag and
+    totals from the newest values."""
     rows = []
+    last = records[-1]
     for a in actor_ids(records):
         _, rates = series(records, f"actor/{a}/tokens_per_s")
-        rows.append([a, f"{last_value(records, f'actor/{a}/version') or 0:g}",
-                     f"{sum(rates) / len(rates):,.0f}" if rates else "–",
-                     f"{last_value(records, f'actor/{a}/tokens') or 0:,.0f}",
-                     f"{last_value(records, f'actor/{a}/groups') or 0:,.0f}"])
+        present = last.get(f"actor/{a}/alive") == 1
+        shown = "run ended" if state == "ended" else ("alive" if present else "left")
+
+        def latest(suffix: str, spec: str = "g") -> str:
+            v = last_value(records, f"actor/{a}/{suffix}")
+            return "–" if v is None else format(v, spec)
+
+        rows.append([a, shown, latest("version"), latest("delivered_version"), latest("version_lag"),
+                     f"{sum(rates) / len(rates):,.0f}" if rates else "–", latest("tokens", ",.0f"),
+                     latest("groups", ",.0f")])
     return rows
 
 
 # ----- output -----
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Write ``index.html`` and one PNG per figure for the run in `run_dir`; returns the HTML path."""
-    import matplotlib
+    """Write ``index.html`` and one PNG per figure for the run in `run_dir`; returns the HTML path.
+
+    Raises MissingExtraError (naming the install command) without matplotlib, the ``report`` extra.
+    """
+    try:
+        import matplotlib
+    except ModuleNotFoundError as err:
+        raise MissingExtraError(f"gspo-async report draws its plots with matplotlib, which is not installed "
+                                f"({err}). Install the report extra: {INSTALL_HINT}") from None
 
     matplotlib.use("Agg")  # no display: files only
     import matplotlib.pyplot as plt
@@ -95,16 +132,20 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
         fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), dpi=100)
         try:
             draw(records, axes)
+            for ax in axes:  # event markers on every chart over steps
+                if ax.get_xlabel() == "optimiser step" and ax.has_data() and mark_events(ax, records):
+                    ax.legend(fontsize=8, frameon=False)
             fig.tight_layout()
             fig.savefig(out / f"{name}.png")
         finally:
             plt.close(fig)
         sections.append(f'<h2>{html.escape(title)}</h2><img src="{name}.png" alt="{html.escape(title)}">')
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in summary(records))
-    actors = _actor_rows(records)
+    actors = _actor_rows(records, run_summary(records, time.time())["state"])
     actor_table = ""
     if actors:
-        head = "".join(f"<th>{h}</th>" for h in ("actor", "last version", "mean tokens/s", "tokens", "groups"))
+        head = "".join(f"<th>{h}</th>" for h in ("actor", "state", "applied version", "delivered version",
+                                                   "lag (versions)", "mean tokens/s", "tokens", "groups"))
         body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in actors)
         actor_table = f'<h2>Actors</h2><table class="actors"><tr>{head}</tr>{body}</table>'
     name = (run_dir if run_dir.is_dir() else run_dir.parent).resolve().name

@@ -7,6 +7,8 @@ Routes:
                           {"records": [...], "offset": next N, "size": file bytes, "reset": bool, "more": bool,
                            "now": server unix time}
                           reset: the file is shorter than N (a new run replaced it) and records start from 0
+  /api/summary            counts, drops by reason, rates, busy fractions, bottleneck, run state and events of the
+                          whole file (dashboard/summary.py), read incrementally
   /api/info               {"run": name, "run_dir": path, "file": metrics path, "exists": bool}
   /healthz                "ok"
 
@@ -16,14 +18,17 @@ a finished run's file is read the same way.
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+from gspo_async.dashboard.summary import RunDigest
 from gspo_async.telemetry.registry import METRICS_FILENAME, read_metrics_from
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -45,6 +50,8 @@ class DashboardServer:
             raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
         self.metrics_path = self.run_dir / filename
         self.max_bytes = max_bytes
+        self._digest, self._digest_offset = RunDigest(), 0
+        self._digest_lock = threading.Lock()
         handler = _make_handler(self)
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
@@ -72,6 +79,21 @@ class DashboardServer:
         records, new_offset = read_metrics_from(self.metrics_path, offset, self.max_bytes)
         return {"records": records, "offset": new_offset, "size": size, "reset": reset,
                 "more": size - new_offset > 0 and new_offset > offset, "now": time.time()}
+
+    def summary(self) -> dict:
+        """The /api/summary answer: the digest of every record so far (new lines are read on each call)."""
+        with self._digest_lock:
+            if self.metrics_path.exists():
+                size = self.metrics_path.stat().st_size
+                if size < self._digest_offset:  # a new run replaced the file
+                    self._digest, self._digest_offset = RunDigest(), 0
+                while self._digest_offset < size:
+                    records, end = read_metrics_from(self.metrics_path, self._digest_offset, self.max_bytes)
+                    if end == self._digest_offset:
+                        break  # only a line still being written
+                    self._digest.feed(records)
+                    self._digest_offset = end
+            return self._digest.summary(time.time())
 
     def info(self) -> dict:
         return {"run": self.run_dir.resolve().name, "run_dir": str(self.run_dir.resolve()),
@@ -114,6 +136,8 @@ def _make_handler(dashboard: DashboardServer) -> type[BaseHTTPRequestHandler]:
                     self._json({"error": f"since must be a byte offset >= 0, got {raw!r}"}, 400)
                     return
                 self._json(dashboard.metrics_since(since))
+            elif url.path == "/api/summary":
+                self._json(dashboard.summary())
             elif url.path == "/api/info":
                 self._json(dashboard.info())
             elif url.path == "/healthz":
@@ -140,18 +164,59 @@ def serve_dashboard(run_dir: str | Path, host: str = "127.0.0.1", port: int = 0)
     return DashboardServer(run_dir, host, port)
 
 
-def main(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8265) -> int:
-    """Serve the dashboard until Ctrl-C (``gspo-async dashboard RUN_DIR``)."""
-    server = serve_dashboard(run_dir, host, port)
-    print(f"dashboard of {server.run_dir} at {server.url} (Ctrl-C to stop)", flush=True)
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+def free_port_near(port: int, host: str = "127.0.0.1", tries: int = 20) -> int | None:
+    """The first port after `port` that `host` can bind now (a suggestion; another process may take it first)."""
+    for candidate in range(port + 1, min(port + 1 + tries, 65536)):
+        with socket.socket() as s:
+            try:
+                s.bind((host, candidate))
+            except OSError:
+                continue
+            return candidate
+    return None
+
+
+def main(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8265, stop: threading.Event | None = None,
+         poll_s: float = 1.0) -> int:
+    """Serve the dashboard until Ctrl-C, SIGTERM or `stop` (``gspo-async dashboard RUN_DIR``). Returns the exit code.
+
+    A run directory that does not exist yet is waited for (the learner creates it at start), with a message; a
+    port in use is an error that suggests a free one.
+    """
+    stop = stop or threading.Event()
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) if in_main else None
+    server = None
     try:
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            if run_dir.exists():
+                print(f"{run_dir} is a file, not a run directory: pass the directory the learner writes (run_dir in "
+                      f"the config; it holds {METRICS_FILENAME})", flush=True)
+                return 2
+            print(f"waiting for {run_dir} to appear (the learner creates it when it starts; Ctrl-C to stop) ...",
+                  flush=True)
+            while not run_dir.is_dir():
+                if stop.wait(poll_s):
+                    return 0
+        try:
+            server = serve_dashboard(run_dir, host, port)
+        except OSError as err:
+            if getattr(err.__cause__, "errno", None) != errno.EADDRINUSE:
+                raise
+            other = free_port_near(port, host)
+            hint = f": try --port {other}" if other is not None else ": pick another with --port"
+            print(f"port {port} on {host} is in use (another dashboard or service){hint} (--port 0 picks any "
+                  "free port)", flush=True)
+            return 2
+        print(f"dashboard of {server.run_dir} at {server.url} (Ctrl-C to stop)", flush=True)
         while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        server.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if server is not None:
+            server.close()
     return 0

@@ -82,6 +82,22 @@ class Engine(abc.ABC):
         """Release memory and devices. Default: nothing to release."""
 
 
+def check_prompts(prompts: list[list[int]], n: int, vocab_size: int | None) -> None:
+    """Refuse a generate request no engine can serve: n < 1, no prompts, an empty prompt, or (when `vocab_size` is
+    known) a token id outside 0..vocab_size-1. The one check every engine runs before it generates."""
+    if n < 1:
+        raise ValueError(f"n={n} responses per prompt must be at least 1")
+    if not prompts:
+        raise ValueError("generate() needs at least one prompt")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty: every prompt needs at least one token (e.g. BOS)")
+        if vocab_size is not None:
+            bad = [t for t in p if not 0 <= int(t) < vocab_size]
+            if bad:
+                raise ValueError(f"prompt {i} has token ids {bad[:5]} outside the vocabulary 0..{vocab_size - 1}")
+
+
 class RateMeter:
     """Generated tokens per second over a sliding window, plus totals: every engine's `stats()` core."""
 

@@ -15,9 +15,9 @@ from gspo_async.engines.base import Engine
 
 
 def build_engine(cfg, model_dir: str | Path, seed: int) -> Engine:
-    """The engine named by ``cfg.actor.engine`` (hf | vllm | vllm-fake | simulated) over `model_dir`."""
+    """The engine named by ``cfg.actor.engine`` (hf | vllm | simulated) over `model_dir`."""
     name = cfg.actor.engine
-    if name in ("vllm", "vllm-fake"):
+    if name == "vllm":
         from gspo_async.engines.vllm import VLLMEngine
 
         return VLLMEngine.from_config(cfg, model_dir, seed)
@@ -30,7 +30,7 @@ def build_engine(cfg, model_dir: str | Path, seed: int) -> Engine:
         engine.version = -1  # like a fresh transformers engine: wait for the first broadcast
         return engine
     if name != "hf":
-        raise ValueError(f"actor.engine={name!r} is not one of hf, vllm, vllm-fake, simulated")
+        raise ValueError(f"actor.engine={name!r} is not one of hf, vllm, simulated")
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
     from gspo_async.engines.hf import HFEngine

@@ -12,8 +12,8 @@ truncated distribution renormalised over the kept set K, whose log-probability i
 log softmax(logits / T)[token] - log(kept mass), kept mass = sum_{k in K} softmax(logits / T)[k]; so
 reported = true behaviour logprob + log(kept mass), lower by -log(kept mass) >= 0 per token. The ratio then
 stays consistent with the learner, but the data no longer come from the distribution that ratio assumes (tokens outside K are never sampled), which biases the off-policy correction.
-Train with top_p=1 and top_k=0; keep truncation for evaluation or serving. Greedy decoding (temperature 0)
-reports logprobs at temperature 1.
+So a training engine (the default) refuses top_p < 1 and top_k > 0; an engine built with ``evaluation=True``,
+whose samples never train, accepts them. Greedy decoding (temperature 0) reports logprobs at temperature 1.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from gspo_async.engines.base import Engine, Generation, RateMeter, SamplingSettings
+from gspo_async.engines.base import Engine, Generation, RateMeter, SamplingSettings, check_prompts
 
 
 class HFEngine(Engine):
@@ -34,6 +34,8 @@ class HFEngine(Engine):
     model: a local directory / hub id, or an already loaded (model, tokenizer) pair (shared, not copied; moved to
         `device`, its dtype left as it is: `dtype` applies when loading from a path).
     seed: this engine's own seed; two engines with different seeds draw different samples.
+    evaluation: True for an engine whose samples are only scored, never trained on: it accepts top_p / top_k
+        truncation (a training engine refuses it; see the module docstring).
     stats_window_s: length of the window over which `stats()['tokens_per_s']` is measured.
     """
 
@@ -44,6 +46,7 @@ class HFEngine(Engine):
         dtype: torch.dtype = torch.float32,
         seed: int = 0,
         stats_window_s: float = 30.0,
+        evaluation: bool = False,
     ) -> None:
         if isinstance(model, (str, Path)):
             from gspo_async.models.loading import load_model_and_tokenizer
@@ -57,6 +60,7 @@ class HFEngine(Engine):
         self.model.eval()
         self.device = torch.device(device)
         self.seed = int(seed)
+        self.evaluation = bool(evaluation)
         self.version = 0
         self.vocab_size = int(self.model.get_input_embeddings().weight.shape[0])
         self.stop_ids = _stop_token_ids(self.model, self.tokenizer)
@@ -74,7 +78,13 @@ class HFEngine(Engine):
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[list[Generation]]:
-        self._check_prompts(prompts, n)
+        check_prompts(prompts, n, self.vocab_size)
+        if not self.evaluation and sampling.temperature > 0 and (sampling.top_p < 1.0 or sampling.top_k > 0):
+            raise ValueError(
+                f"top_p={sampling.top_p}, top_k={sampling.top_k}: responses sampled from a truncated distribution "
+                "are not from the behaviour policy whose full-softmax log-probs the learner's ratio uses; set "
+                "sampling.top_p: 1.0 and sampling.top_k: 0 for training (truncation is for evaluation engines, "
+                "HFEngine(..., evaluation=True))")
         t0 = time.monotonic()
         self._generator.manual_seed(_call_seed(self.seed, sampling.seed, self._calls))
         self._calls += 1
@@ -87,18 +97,6 @@ class HFEngine(Engine):
             out.append(group)
         self._record(sum(len(r[0]) for r in rows), time.monotonic() - t0)
         return out
-
-    def _check_prompts(self, prompts: list[list[int]], n: int) -> None:
-        if n < 1:
-            raise ValueError(f"n={n} responses per prompt must be at least 1")
-        if not prompts:
-            raise ValueError("generate() needs at least one prompt")
-        for i, p in enumerate(prompts):
-            if len(p) == 0:
-                raise ValueError(f"prompt {i} is empty: every prompt needs at least one token (e.g. BOS)")
-            bad = [t for t in p if not 0 <= int(t) < self.vocab_size]
-            if bad:
-                raise ValueError(f"prompt {i} has token ids {bad[:5]} outside the vocabulary 0..{self.vocab_size - 1}")
 
     # -- weights ------------------------------------------------------------------------------------------------
 

@@ -26,12 +26,12 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
-from gspo_async.engines.base import Engine, Generation, RateMeter, SamplingSettings
+from gspo_async.engines.base import Engine, Generation, RateMeter, SamplingSettings, check_prompts
 
 
 @dataclass
@@ -91,11 +91,13 @@ class SimulatedEngine(Engine):
     special_ids: ids never drawn as content (pad, bos, unk, ...; eos is excluded anyway).
     tokenizer: kept for the actor, which decodes responses to score them (may be None).
     sleep: False skips the sleep but still reports the simulated time in stats (for tests and dry runs).
+    clock, sleeper: the monotonic clock (seconds) and the sleep function; tests inject a fake pair.
     """
 
     def __init__(self, vocab_size: int, eos_id: int, settings: Optional[SimulationSettings] = None, *,
                  special_ids: tuple[int, ...] = (), tokenizer: Any = None, seed: int = 0, sleep: bool = True,
-                 stats_window_s: float = 30.0) -> None:
+                 stats_window_s: float = 30.0, clock: Callable[[], float] = time.monotonic,
+                 sleeper: Callable[[float], None] = time.sleep) -> None:
         if not isinstance(vocab_size, int) or vocab_size < 2:
             raise ValueError(f"vocab_size={vocab_size!r} must be an int >= 2")
         if not 0 <= eos_id < vocab_size:
@@ -110,6 +112,8 @@ class SimulatedEngine(Engine):
         self.tokenizer = tokenizer
         self.seed = int(seed)
         self.sleep = sleep
+        self._clock = clock
+        self._sleeper = sleeper
         self.version = 0
         self.token_logprob = -math.log(len(self.content_ids))
         self._weights: dict[str, torch.Tensor] = {}
@@ -147,16 +151,8 @@ class SimulatedEngine(Engine):
         return np.maximum(np.rint(raw), 1).astype(np.int64)
 
     def generate(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> list[list[Generation]]:
-        if n < 1:
-            raise ValueError(f"n={n} responses per prompt must be at least 1")
-        if not prompts:
-            raise ValueError("generate() needs at least one prompt")
-        for i, p in enumerate(prompts):
-            if len(p) == 0:
-                raise ValueError(f"prompt {i} is empty: every prompt needs at least one token (e.g. BOS)")
-            if any(not 0 <= int(t) < self.vocab_size for t in p):
-                raise ValueError(f"prompt {i} has token ids outside the vocabulary 0..{self.vocab_size - 1}")
-        start = time.monotonic()
+        check_prompts(prompts, n, self.vocab_size)
+        start = self._clock()
         # numpy's SeedSequence mixes (engine seed, call seed, call number): repeatable and distinct per call.
         rng = np.random.default_rng([self.seed, int(sampling.seed), self._calls])
         self._calls += 1
@@ -178,10 +174,10 @@ class SimulatedEngine(Engine):
             out.append(group)
         simulated_s = self.settings.seconds(lengths)
         if self.sleep:
-            remaining = simulated_s - (time.monotonic() - start)  # drawing the tokens counts toward the cost
+            remaining = simulated_s - (self._clock() - start)  # drawing the tokens counts toward the cost
             if remaining > 0:
-                time.sleep(remaining)
-        self._record(sum(lengths), simulated_s if not self.sleep else time.monotonic() - start)
+                self._sleeper(remaining)
+        self._record(sum(lengths), simulated_s if not self.sleep else self._clock() - start)
         return out
 
     # -- weights ------------------------------------------------------------------------------------------------

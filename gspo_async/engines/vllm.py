@@ -20,247 +20,45 @@ Weight updates: pause (actor.vllm.update_mode: 'keep' freezes requests with thei
 this engine resubmits prompt + generated tokens after the update, so no response is lost) -> start -> transfer ->
 finish -> reset prefix cache -> resume. Every step is bounded by `step_timeout_s`; a step that fails or times out
 marks the engine as needing a full resync (generate refuses to run, in-flight generate calls raise) until a full
-update succeeds. Three transports:
-  host / ipc  `apply_weights(tensors, version)`: full tensors from gspo_async.weights are handed to vLLM's workers
-              through the `GSPOWorkerExtension` (vllm_worker.py) and loaded with vLLM's layerwise reload.
-  nccl        `join_weight_group(...)` once, then `receive_weights(metadata, version)` per update while the learner
-              runs `VLLMWeightSender.send(...)`: vLLM's NCCL weight-transfer engine (init_weight_transfer_engine /
-              start_weight_update / update_weights / finish_weight_update); `apply_weights` still works (host/ipc).
+update succeeds. `apply_weights(tensors, version)` is the path the actor loop runs: full tensors from
+gspo_async.weights go to vLLM's workers through `GSPOWorkerExtension` (vllm_worker.py), by CUDA IPC handle or as
+host bytes, and load with vLLM's layerwise reload. vLLM's own NCCL transfer (`join_weight_group` /
+`receive_weights`, experimental) is in vllm_nccl.py; version-dependent calls are decided in vllm_api.py.
 
-vLLM versions (the calls differ; `VLLMFeatures` decides, see docs/vllm.md):
-  0.20        pause/resume; NCCL update is one `update_weights` call (no start/finish).
-  0.21-0.24   `start_weight_update(is_checkpoint_format=True)` ... `finish_weight_update()`; `packed` in update info;
-              learner: `NCCLWeightTransferEngine.trainer_init`. Per-token versions: tracked here.
-  0.25-0.27   `start_weight_update()` (no argument); learner: `nccl_common.trainer_init`.
-  0.27+       `finish_weight_update(weight_version=...)`, `update_weight_version(...)`.
-  0.28+       `packed` moves to the init info.       0.29+  packed NCCL transfer no longer leaks streams.
-  0.32+       `CompletionOutput.weight_versions` labels tokens: used instead of our own tracking.
-  0.33        `generate` during an abort/wait pause raises `RetryableRequestError` (we wait for resume, then retry).
-
-vLLM is imported lazily; `actor.engine: vllm-fake` runs this same class over the CPU test double in vllm_fake.py.
+vLLM is imported lazily (`load_vllm_api`); tests and tools run this same class over the CPU test double by passing
+`api=gspo_async.testing.vllm_fake.fake_api()`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import importlib
-import inspect
+import contextlib
 import itertools
+import json
 import logging
-import re
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gspo_async.engines.base import Engine, Generation, SamplingSettings
-from gspo_async.engines.vllm_worker import EXTENSION_CLS, decode_host, encode_host, encode_ipc
+from gspo_async.engines.base import Engine, Generation, RateMeter, SamplingSettings, check_prompts
+from gspo_async.engines.vllm_api import (INSTALL_HINT, PACKED_BUFFER_BYTES, PACKED_NUM_BUFFERS, TESTED_RANGE,
+                                         EngineNeedsResync, VLLMApi, VLLMFeatures, VLLMUnavailable, WeightSyncTimeout,
+                                         check_supported, engine_args, load_vllm_api, parse_version)
+from gspo_async.engines.vllm_nccl import NCCLTransferMixin, VLLMWeightSender, weight_metadata
+from gspo_async.engines.vllm_worker import decode_host, encode_host, encode_ipc
+
+__all__ = ["EngineNeedsResync", "INSTALL_HINT", "PACKED_BUFFER_BYTES", "PACKED_NUM_BUFFERS", "TESTED_RANGE",
+           "VLLMApi", "VLLMEngine", "VLLMFeatures", "VLLMUnavailable", "VLLMWeightSender", "WeightSyncTimeout",
+           "delta_logprobs", "engine_args", "load_vllm_api", "parse_version", "sampled_logprobs",
+           "weight_metadata"]
 
 log = logging.getLogger(__name__)
-
-TESTED_RANGE = ((0, 20), (0, 33))  # minor versions whose APIs this module was written against
-PACKED_BUFFER_BYTES = 1 << 30  # vLLM's default packed-transfer buffer
-PACKED_NUM_BUFFERS = 2
-
-INSTALL_HINT = (
-    "vLLM needs a Linux machine with an NVIDIA GPU (compute capability >= 7.5, driver R580+ for the CUDA 13 "
-    "wheels) and cannot run this project's CPU actors. Install it on the GPU machine with "
-    "`pip install vllm==0.24.0` (torch 2.11 images) or `uv pip install vllm==0.33.0` (torch 2.14), or from "
-    "carried wheels as in tools/gpu/README.md; on a CPU machine use actor.engine: hf (or vllm-fake for tests)."
-)
-
-
-class VLLMUnavailable(RuntimeError):
-    """vLLM is not installed or cannot run here."""
-
-
-class WeightSyncTimeout(TimeoutError):
-    """A weight-update step or collective did not finish in time; the engine now needs a full resync."""
-
-
-class EngineNeedsResync(RuntimeError):
-    """A previous weight update failed; generation is refused until a full update succeeds."""
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Versions and the resolved API
-# ------------------------------------------------------------------------------------------------------------------
-
-
-def parse_version(text: str) -> tuple[int, int, int]:
-    """'0.24.0+cu130' -> (0, 24, 0); '0.33.0rc1' -> (0, 33, 0)."""
-    m = re.match(r"\s*(\d+)\.(\d+)(?:\.(\d+))?", str(text))
-    if not m:
-        raise ValueError(f"cannot read a vLLM version from {text!r}")
-    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
-
-
-@dataclass(frozen=True)
-class VLLMFeatures:
-    """What a vLLM version offers, as far as this engine is concerned."""
-
-    version: tuple[int, int, int]
-
-    def _at_least(self, minor: int) -> bool:
-        return self.version >= (0, minor, 0)
-
-    @property
-    def start_finish(self) -> bool:  # explicit start/finish around update_weights (PR #39212)
-        return self._at_least(21)
-
-    @property
-    def start_takes_format(self) -> bool:  # start_weight_update(is_checkpoint_format=...) only in 0.21-0.24
-        return self._at_least(21) and not self._at_least(25)
-
-    @property
-    def finish_takes_version(self) -> bool:
-        return self._at_least(27)
-
-    @property
-    def packed_in_init(self) -> bool:
-        return self._at_least(28)
-
-    @property
-    def packed_is_safe(self) -> bool:  # 0.24-0.28 packed transfer strands 2 GiB of allocator cache per sync
-        return self._at_least(29)
-
-    @property
-    def static_trainer_api(self) -> bool:  # NCCLWeightTransferEngine.trainer_init (moved in 0.25)
-        return not self._at_least(25)
-
-    @property
-    def weight_versions(self) -> bool:  # CompletionOutput.weight_versions
-        return self._at_least(32)
-
-
-@dataclass
-class VLLMApi:
-    """The vLLM names this module uses, resolved once: the real package (`load_vllm_api`) or the CPU test double
-    (`vllm_fake.fake_api`)."""
-
-    version: str
-    make_engine: Callable[[dict[str, Any]], Any]  # engine arguments -> AsyncLLM (called on the engine's loop)
-    sampling_params: Callable[..., Any]
-    output_kind: Any  # RequestOutputKind
-    init_request: Callable[[dict[str, Any]], Any]  # WeightTransferInitRequest(init_info=...)
-    update_request: Callable[[dict[str, Any]], Any]  # WeightTransferUpdateRequest(update_info=...)
-    weight_transfer_config: Callable[[str], Any]  # WeightTransferConfig(backend=...)
-    retryable_errors: tuple[type[BaseException], ...]
-    trainer_init: Callable[[dict[str, Any]], Any]  # learner side: init info -> group with .broadcast(t, src, stream)
-    packed_producer: Callable[..., None] | None = None
-
-    @property
-    def features(self) -> VLLMFeatures:
-        return VLLMFeatures(parse_version(self.version))
-
-
-def load_vllm_api() -> VLLMApi:
-    """Import vLLM and resolve the names for its version; raises `VLLMUnavailable` with install steps."""
-    try:
-        import vllm
-        from vllm import AsyncEngineArgs, SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-        from vllm.v1.engine.async_llm import AsyncLLM
-    except ImportError as err:
-        raise VLLMUnavailable(f"actor.engine: vllm, but vLLM cannot be imported ({err}). {INSTALL_HINT}") from err
-    features = VLLMFeatures(parse_version(vllm.__version__))
-    retryable: tuple[type[BaseException], ...] = ()  # before 0.33 requests sent during a pause are queued
-    for module in ("vllm.exceptions", "vllm.v1.engine.exceptions"):
-        try:
-            retryable = (getattr(importlib.import_module(module), "RetryableRequestError"),)
-            break
-        except (ImportError, AttributeError):
-            continue
-
-    def make_engine(kwargs: dict[str, Any]) -> Any:
-        return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
-
-    def init_request(info: dict[str, Any]) -> Any:
-        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
-
-        return WeightTransferInitRequest(init_info=info)
-
-    def update_request(info: dict[str, Any]) -> Any:
-        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
-
-        return WeightTransferUpdateRequest(update_info=info)
-
-    def weight_transfer_config(backend: str) -> Any:
-        from vllm.config import WeightTransferConfig
-
-        return WeightTransferConfig(backend=backend)
-
-    def trainer_init(info: dict[str, Any]) -> Any:
-        if features.static_trainer_api:
-            from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferEngine
-
-            return NCCLWeightTransferEngine.trainer_init(info)
-        from vllm.distributed.weight_transfer import nccl_common
-
-        return _call_with_supported(nccl_common.trainer_init, info, rank=0)
-
-    def packed_producer(**kwargs: Any) -> None:
-        from vllm.distributed.weight_transfer.packed_tensor import packed_nccl_broadcast_producer
-
-        packed_nccl_broadcast_producer(**kwargs)
-
-    return VLLMApi(version=vllm.__version__, make_engine=make_engine, sampling_params=SamplingParams,
-                   output_kind=RequestOutputKind, init_request=init_request, update_request=update_request,
-                   weight_transfer_config=weight_transfer_config, retryable_errors=retryable,
-                   trainer_init=trainer_init, packed_producer=packed_producer)
-
-
-def _call_with_supported(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call fn, dropping keyword arguments its signature does not take (APIs moved between versions)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return fn(*args, **kwargs)
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return fn(*args, **kwargs)
-
-
-def weight_metadata(named: Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor]) -> dict[str, list]:
-    """{'names', 'dtype_names', 'shapes'} in sending order: what both ends of an NCCL update must agree on."""
-    items = named.items() if isinstance(named, Mapping) else named
-    meta: dict[str, list] = {"names": [], "dtype_names": [], "shapes": []}
-    for name, t in items:
-        meta["names"].append(name)
-        meta["dtype_names"].append(str(t.dtype).removeprefix("torch."))
-        meta["shapes"].append(list(t.shape))
-    return meta
-
-
-def engine_args(model_dir: str | Path, vllm_config: Any, *, seed: int, load_weights: bool,
-                max_model_len: int | None, api: VLLMApi, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """AsyncEngineArgs keyword arguments for one actor. `load_weights=False` starts from random ('dummy')
-    weights, for actors whose first weights come from the learner."""
-    args: dict[str, Any] = {
-        "model": str(model_dir),
-        "tokenizer": str(model_dir),
-        "dtype": vllm_config.dtype,
-        "seed": int(seed),  # distinct per actor: vLLM's default 0 would correlate the samples of all replicas
-        "tensor_parallel_size": vllm_config.tensor_parallel_size,
-        "gpu_memory_utilization": vllm_config.gpu_memory_utilization,
-        "enforce_eager": vllm_config.enforce_eager,
-        "max_model_len": vllm_config.max_model_len or max_model_len,
-        "logprobs_mode": vllm_config.logprobs_mode,
-        "enable_prefix_caching": True,
-        "load_format": "auto" if load_weights else "dummy",
-        "worker_extension_cls": EXTENSION_CLS,
-        "disable_log_stats": True,
-    }
-    if vllm_config.weight_transport == "nccl":
-        args["weight_transfer_config"] = api.weight_transfer_config("nccl")
-    args.update(overrides or {})
-    return args
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -326,6 +124,16 @@ class _Response:
         return out
 
 
+def delta_logprobs(logprobs: Any, n_tokens: int) -> Any:
+    """The entries of a DELTA output's logprobs that belong to its `n_tokens` new tokens: the last `n_tokens`, none
+    when there are none. vLLM < 0.29 slices the request's history as `logprobs[-len(token_ids):]`, so an output
+    with no new tokens (an aborted request's final output) carries the whole history (`[-0:]` is everything).
+    Fewer entries than tokens stay as they are, for `sampled_logprobs` to refuse."""
+    if logprobs is None or len(logprobs) <= n_tokens:
+        return logprobs
+    return list(logprobs[len(logprobs) - n_tokens:])
+
+
 def sampled_logprobs(logprobs: Any, token_ids: list[int]) -> list[float]:
     """The sampled token's logprob at each position, from vLLM's [{token_id: Logprob}] (logprobs=0)."""
     if logprobs is None:
@@ -341,7 +149,7 @@ def sampled_logprobs(logprobs: Any, token_ids: list[int]) -> list[float]:
     return out
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(NCCLTransferMixin, Engine):
     """`Engine` over vLLM's AsyncLLM (or its CPU test double).
 
     model: a Hugging Face model directory (config.json + tokenizer; weights optional: without *.safetensors the
@@ -364,10 +172,11 @@ class VLLMEngine(Engine):
             raise ValueError(f"step_timeout_s={step_timeout_s} must be a positive number of seconds")
         if self.cfg.weight_transport == "ipc" and self.cfg.tensor_parallel_size > 1:
             raise ValueError("weight_transport: ipc shares tensors of one GPU and needs tensor_parallel_size: 1; "
-                             "use weight_transport: host or nccl with tensor parallelism")
+                             "use weight_transport: auto or host with tensor parallelism")
+        self.transport_last: str | None = None  # transport of the last successful apply_weights
         self.api = api if api is not None else load_vllm_api()
         self.features = self.api.features
-        _check_supported(self.features.version)
+        check_supported(self.features.version)
         model_dir = Path(model).expanduser()
         if not (model_dir / "config.json").is_file():
             raise ValueError(f"{model_dir} is not a Hugging Face model directory (no config.json); vLLM actors "
@@ -395,9 +204,10 @@ class VLLMEngine(Engine):
         self._stats = collections.Counter()
         self._pause_last_s = 0.0
         self._update_last_s = 0.0
-        self._window_s = stats_window_s
-        self._recent: collections.deque[tuple[float, int]] = collections.deque()
-        self._started = time.monotonic()
+        self._rate = RateMeter(stats_window_s)
+        self.model_dir = model_dir
+        self._tokenizer: Any = None
+        self.vocab_size = int(json.loads((model_dir / "config.json").read_text()).get("vocab_size") or 0) or None
         self._loop = _LoopThread(name=f"vllm-engine-{self.seed}")
         try:
             self.llm = self._loop.call(self._create())
@@ -405,16 +215,23 @@ class VLLMEngine(Engine):
             self._loop.stop()
             raise
 
-    @classmethod
-    def from_config(cls, cfg: Any, model_dir: str | Path, seed: int) -> "VLLMEngine":
-        """Build from the run config: actor.engine 'vllm' (real vLLM) or 'vllm-fake' (the CPU test double)."""
-        api = None
-        if cfg.actor.engine == "vllm-fake":
-            from gspo_async.testing.vllm_fake import fake_api
+    @property
+    def tokenizer(self) -> Any:
+        """The model directory's tokenizer (the actor decodes responses to score them), loaded on first use."""
+        if self._tokenizer is None:
+            from transformers import PreTrainedTokenizerFast
 
-            api = fake_api()
-        elif cfg.actor.engine != "vllm":
-            raise ValueError(f"VLLMEngine serves actor.engine vllm or vllm-fake, not {cfg.actor.engine!r}")
+            try:
+                self._tokenizer = PreTrainedTokenizerFast.from_pretrained(str(self.model_dir))
+            except (OSError, ValueError) as err:
+                raise ValueError(f"{self.model_dir} has no tokenizer the actor can decode with ({err}); the "
+                                 "learner's welcome ships it with the model config") from err
+        return self._tokenizer
+
+    @classmethod
+    def from_config(cls, cfg: Any, model_dir: str | Path, seed: int, api: VLLMApi | None = None) -> "VLLMEngine":
+        """Build from the run config (`actor.vllm`, the weight-sync timeout, the sequence lengths). api: None
+        imports vLLM; tests and tools pass the CPU double's (`gspo_async.testing.vllm_fake.fake_api()`)."""
         return cls(model_dir, cfg.actor.vllm, seed=seed, step_timeout_s=cfg.learner.weight_sync.timeout_s, api=api,
                    max_model_len=cfg.prompt_length + cfg.response_length)
 
@@ -430,19 +247,13 @@ class VLLMEngine(Engine):
         self._check_request(prompts, n, sampling)
         t0 = time.monotonic()
         groups = self._loop.call(self._generate(prompts, n, sampling))
-        self._record(sum(len(g.tokens) for group in groups for g in group), time.monotonic() - t0)
+        self._rate.record(sum(len(g.tokens) for group in groups for g in group), time.monotonic() - t0)
         return groups
 
     def _check_request(self, prompts: list[list[int]], n: int, sampling: SamplingSettings) -> None:
         if self._broken is not None:
             raise EngineNeedsResync(self._resync_message())
-        if n < 1:
-            raise ValueError(f"n={n} responses per prompt must be at least 1")
-        if not prompts:
-            raise ValueError("generate() needs at least one prompt")
-        for i, p in enumerate(prompts):
-            if len(p) == 0:
-                raise ValueError(f"prompt {i} is empty: every prompt needs at least one token (e.g. BOS)")
+        check_prompts(prompts, n, self.vocab_size)
         if sampling.top_p < 1.0 or sampling.top_k > 0:
             raise ValueError(
                 f"top_p={sampling.top_p}, top_k={sampling.top_k}: vLLM's logprobs under truncation are renormalised "
@@ -504,23 +315,30 @@ class VLLMEngine(Engine):
                       submit_version: int) -> str:
         base = len(resp.tokens)
         reason = None
-        async for out in self.llm.generate(prompt, params, request_id):
-            comp = out.outputs[0]
-            ids = [int(t) for t in comp.token_ids]
-            lps = sampled_logprobs(comp.logprobs, ids)
-            if params.output_kind == self.api.output_kind.FINAL_ONLY:  # cumulative output, vLLM's own labels
-                resp.truncate(base)
-                resp.extend(ids, lps, self._labelled_versions(comp, len(ids), submit_version))
-            else:
-                # Abort mode: no request outlives an update, so its tokens carry the version it was submitted
-                # under. Keep mode: the version in force when the delta arrived (exact thanks to _drain).
-                stamp = submit_version if self.cfg.update_mode == "abort" else self._token_version
-                resp.extend(ids, lps, [stamp] * len(ids))
-                self._deltas += 1
-            if comp.finish_reason is not None:
-                reason = str(comp.finish_reason)
-            if out.finished:
-                break
+        finished = False
+        # The generator runs to its end after the final output: leaving it unfinished would make vLLM's
+        # GeneratorExit branch send an abort for a request that already ended when the generator is collected.
+        # On an error or a cancellation aclosing() closes it at once, which aborts the request in vLLM.
+        async with contextlib.aclosing(self.llm.generate(prompt, params, request_id)) as outputs:
+            async for out in outputs:
+                if finished:
+                    raise RuntimeError(f"vLLM sent an output for request {request_id} after its final one")
+                comp = out.outputs[0]
+                ids = [int(t) for t in comp.token_ids]
+                if params.output_kind == self.api.output_kind.FINAL_ONLY:  # cumulative output, vLLM's own labels
+                    lps = sampled_logprobs(comp.logprobs, ids)
+                    resp.truncate(base)
+                    resp.extend(ids, lps, self._labelled_versions(comp, len(ids), submit_version))
+                else:
+                    lps = sampled_logprobs(delta_logprobs(comp.logprobs, len(ids)), ids)
+                    # Abort mode: no request outlives an update, so its tokens carry the version it was submitted
+                    # under. Keep mode: the version in force when the delta arrived (exact thanks to _drain).
+                    stamp = submit_version if self.cfg.update_mode == "abort" else self._token_version
+                    resp.extend(ids, lps, [stamp] * len(ids))
+                    self._deltas += 1
+                if comp.finish_reason is not None:
+                    reason = str(comp.finish_reason)
+                finished = bool(out.finished)
         return reason or "abort"
 
     def _labelled_versions(self, comp: Any, n: int, fallback: int) -> list[int]:
@@ -555,8 +373,8 @@ class VLLMEngine(Engine):
         """Load a full weight version (HF parameter names) into vLLM and set `version`; safe mid-generation.
 
         transport: 'ipc' shares CUDA tensors by IPC handle (TP 1), 'host' sends bytes through the worker RPC;
-        None follows weight_transport ('nccl', for a full local apply, picks ipc when every tensor is already on
-        the GPU and TP is 1, else host). A successful call also clears a pending resync.
+        None follows weight_transport ('auto', and 'nccl' for a full local apply, pick ipc when every tensor is
+        already on the GPU and TP is 1, else host). A successful call also clears a pending resync.
         """
         if not tensors:
             raise ValueError("apply_weights needs the full set of weights, got none")
@@ -565,13 +383,14 @@ class VLLMEngine(Engine):
         if transport is None:
             on_gpu = all(t.device.type == "cuda" for t in tensors.values())
             transport = self.cfg.weight_transport
-            if transport == "nccl":
+            if transport in ("auto", "nccl"):
                 transport = "ipc" if on_gpu and self.cfg.tensor_parallel_size == 1 else "host"
         if transport not in ("host", "ipc"):
             raise ValueError(f"transport must be 'host' or 'ipc', got {transport!r}")
         if transport == "ipc" and (not torch.cuda.is_available() or self.cfg.tensor_parallel_size != 1):
             raise ValueError("the ipc transport needs a GPU in this process and tensor_parallel_size 1; use host")
         self._loop.call(self._apply(list(tensors.items()), int(version), transport))
+        self.transport_last = transport
 
     async def _apply(self, items: list[tuple[str, torch.Tensor]], version: int, transport: str) -> None:
         if transport == "ipc":
@@ -612,68 +431,6 @@ class VLLMEngine(Engine):
 
     def _rpc(self, method: str, *args: Any) -> Awaitable[list[Any]]:
         return self.llm.collective_rpc(method, timeout=self.step_timeout_s, args=args)
-
-    # -- weights: vLLM's NCCL weight transfer -------------------------------------------------------------------
-
-    def join_weight_group(self, master_address: str, master_port: int, rank_offset: int, world_size: int, *,
-                          packed: bool = False, packed_buffer_size_bytes: int = PACKED_BUFFER_BYTES,
-                          packed_num_buffers: int = PACKED_NUM_BUFFERS) -> None:
-        """Join the learner's NCCL weight group (ranks rank_offset .. rank_offset + TP - 1 of world_size).
-
-        Call it while the learner runs `VLLMWeightSender.connect()` (both block until every rank joined); the
-        packed settings must equal the sender's (`VLLMWeightSender.actor_init_info` gives all of these).
-        """
-        if self.cfg.weight_transport != "nccl":
-            raise ValueError("join_weight_group needs actor.vllm.weight_transport: nccl (the engine was built for "
-                             f"{self.cfg.weight_transport!r}, without vLLM's weight-transfer engine)")
-        if rank_offset < 1 or rank_offset + self.cfg.tensor_parallel_size > world_size:
-            raise ValueError(f"rank_offset={rank_offset} with tensor_parallel_size={self.cfg.tensor_parallel_size} "
-                             f"does not fit world_size={world_size} (the learner is rank 0)")
-        packing = {"packed": bool(packed), "packed_buffer_size_bytes": int(packed_buffer_size_bytes),
-                   "packed_num_buffers": int(packed_num_buffers)}
-        info = {"master_address": master_address, "master_port": int(master_port), "rank_offset": int(rank_offset),
-                "world_size": int(world_size)}
-        if self.features.packed_in_init:
-            info.update(packing)
-        self._packing = {} if self.features.packed_in_init else packing
-
-        async def join() -> None:
-            request = self.api.init_request(info)
-            await self._bounded("init_weight_transfer_engine", self.llm.init_weight_transfer_engine(request))
-
-        self._loop.call(join())
-
-    def receive_weights(self, metadata: Mapping[str, list], version: int) -> None:
-        """One update over vLLM's NCCL group, while the learner runs `VLLMWeightSender.send` with tensors in
-        exactly `metadata`'s order (`weight_metadata`). Pauses, loads, resumes like `apply_weights`."""
-        if not isinstance(version, int) or version < 0:
-            raise ValueError(f"version must be an int >= 0, got {version!r}")
-        names, dtypes, shapes = (list(metadata[k]) for k in ("names", "dtype_names", "shapes"))
-        if not names or not len(names) == len(dtypes) == len(shapes):
-            raise ValueError("metadata needs equally long, non-empty 'names', 'dtype_names' and 'shapes'")
-        update_info = {"names": names, "dtype_names": dtypes, "shapes": [list(s) for s in shapes], **self._packing}
-        nbytes = sum(torch.Size(s).numel() * torch.empty(0, dtype=getattr(torch, d)).element_size()
-                     for d, s in zip(dtypes, shapes))
-        llm, f = self.llm, self.features
-
-        async def start() -> None:
-            if f.start_finish:
-                call = llm.start_weight_update(is_checkpoint_format=True) if f.start_takes_format else \
-                    llm.start_weight_update()
-                await self._step("start_weight_update", call, version)
-
-        async def transfer() -> None:
-            await self._step("update_weights", llm.update_weights(self.api.update_request(update_info)), version)
-
-        async def finish() -> None:
-            if f.start_finish:
-                call = llm.finish_weight_update(weight_version=str(version)) if f.finish_takes_version else \
-                    llm.finish_weight_update()
-                await self._step("finish_weight_update", call, version)
-            if not f.finish_takes_version:
-                await self._set_label(version)
-
-        self._loop.call(self._update(version, start, transfer, finish, nbytes))
 
     # -- the update sequence ------------------------------------------------------------------------------------
 
@@ -765,25 +522,12 @@ class VLLMEngine(Engine):
         records = self._loop.call(self.llm.collective_rpc("gspo_state_dict", timeout=self.step_timeout_s))
         return dict(decode_host(records[0]))
 
-    def _record(self, tokens: int, seconds: float) -> None:
-        now = time.monotonic()
-        self._stats["tokens"] += tokens
-        self._stats["generate_ms_total"] += int(1000 * seconds)
-        self._recent.append((now, tokens))
-        while self._recent and self._recent[0][0] < now - self._window_s:
-            self._recent.popleft()
-
     def stats(self) -> dict[str, float]:
         """tokens_per_s over the last `stats_window_s`; pause_s_last: wall time generation was paused by the last
         update (pause call to resume); update_s_last: start..finish of it (the transfer)."""
-        now = time.monotonic()
-        window = min(self._window_s, max(now - self._started, 1e-9))
-        recent = sum(tok for t, tok in self._recent if t >= now - window)
         s = self._stats
         return {
-            "tokens_per_s": recent / window,
-            "tokens_total": float(s["tokens"]),
-            "generate_s_total": s["generate_ms_total"] / 1000,
+            **self._rate.snapshot(),
             "version": float(self.version),
             "updates_total": float(s["updates"]),
             "failed_updates_total": float(s["failed_updates"]),
@@ -811,16 +555,6 @@ class VLLMEngine(Engine):
             self._loop.stop()
 
 
-def _check_supported(version: tuple[int, int, int]) -> None:
-    low, high = TESTED_RANGE
-    if version[:2] < low:
-        raise VLLMUnavailable(f"vLLM {'.'.join(map(str, version))} is older than {low[0]}.{low[1]}, the oldest "
-                              f"release whose pause/resume and weight-transfer APIs this engine uses. {INSTALL_HINT}")
-    if version[:2] > high:
-        log.warning("vLLM %s is newer than %d.%d, the newest release this engine was written against",
-                    ".".join(map(str, version)), *high)
-
-
 def _chunks(items: list[tuple[str, torch.Tensor]], max_bytes: int) -> Iterable[list[tuple[str, torch.Tensor]]]:
     """Consecutive groups of at most max_bytes (a larger tensor travels alone)."""
     chunk: list[tuple[str, torch.Tensor]] = []
@@ -835,103 +569,3 @@ def _chunks(items: list[tuple[str, torch.Tensor]], max_bytes: int) -> Iterable[l
     if chunk:
         yield chunk
 
-
-# ------------------------------------------------------------------------------------------------------------------
-# Learner side of weight_transport: nccl
-# ------------------------------------------------------------------------------------------------------------------
-
-
-class VLLMWeightSender:
-    """The learner's end (rank 0) of vLLM's NCCL weight transfer to one or more vLLM actors.
-
-    Rendezvous: the learner picks `master_address:master_port` (reachable from the actors' GPUs) and
-    world_size = 1 + sum of the actors' tensor_parallel_size. It hands each actor `actor_init_info(rank_offset)`
-    over the control channel (actor i: rank_offset = 1 + sum of the TP sizes before it); then, concurrently,
-    the learner calls `connect()` and each actor `VLLMEngine.join_weight_group(**info)`. vLLM's rendezvous
-    store is hosted by rank 0, here.
-    Per version: the learner tells each actor to call `VLLMEngine.receive_weights(metadata, version)` and calls
-    `send(named_tensors)` at the same time; all members of the group must take part in every send.
-
-    packed: None picks vLLM's packed transfer only where it is safe (0.29+, see docs/vllm.md); both ends must
-    use the same packed settings. Every wait is bounded by `timeout_s`; NCCL itself has no timeout, so after a
-    `WeightSyncTimeout` the group (and possibly this GPU's stream) is unusable: rebuild it or restart.
-    """
-
-    def __init__(self, master_address: str, master_port: int, world_size: int, *, packed: bool | None = None,
-                 packed_buffer_size_bytes: int = PACKED_BUFFER_BYTES, packed_num_buffers: int = PACKED_NUM_BUFFERS,
-                 timeout_s: float = 60.0, api: VLLMApi | None = None) -> None:
-        if world_size < 2:
-            raise ValueError(f"world_size={world_size}: the learner is rank 0, so at least one actor rank is needed")
-        self.api = api if api is not None else load_vllm_api()
-        self.features = self.api.features
-        self.master_address, self.master_port, self.world_size = master_address, int(master_port), int(world_size)
-        self.packed = self.features.packed_is_safe if packed is None else bool(packed)
-        self.packed_buffer_size_bytes = int(packed_buffer_size_bytes)
-        self.packed_num_buffers = int(packed_num_buffers)
-        self.timeout_s = float(timeout_s)
-        self.group: Any = None
-
-    def actor_init_info(self, rank_offset: int) -> dict[str, Any]:
-        """Keyword arguments for `VLLMEngine.join_weight_group` of the actor whose first rank is `rank_offset`."""
-        return {"master_address": self.master_address, "master_port": self.master_port, "rank_offset": rank_offset,
-                "world_size": self.world_size, "packed": self.packed,
-                "packed_buffer_size_bytes": self.packed_buffer_size_bytes,
-                "packed_num_buffers": self.packed_num_buffers}
-
-    def connect(self) -> None:
-        """Form the group as rank 0; returns once every actor rank joined (or raises WeightSyncTimeout)."""
-        info = {"master_address": self.master_address, "master_port": self.master_port,
-                "world_size": self.world_size}
-        self.group = _run_bounded(lambda: self.api.trainer_init(info), self.timeout_s,
-                                  f"forming the vLLM weight group at {self.master_address}:{self.master_port}")
-
-    def send(self, named_tensors: Iterable[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor]) -> float:
-        """Broadcast every tensor, in order (the actors' metadata order). Returns seconds taken."""
-        if self.group is None:
-            raise RuntimeError("send() before connect()")
-        items = list(named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors)
-        cuda = any(t.device.type == "cuda" for _, t in items)
-
-        def run() -> None:
-            if cuda:
-                torch.cuda.synchronize()  # the optimiser step must have landed
-            if self.packed and self.api.packed_producer is not None:
-                self.api.packed_producer(iterator=iter(items), group=self.group, src=0,
-                                         post_iter_func=lambda item: item[1],
-                                         buffer_size_bytes=self.packed_buffer_size_bytes,
-                                         num_buffers=self.packed_num_buffers)
-            else:
-                stream = torch.cuda.current_stream() if cuda else None
-                for _, t in items:
-                    self.group.broadcast(t.detach().contiguous(), src=0, stream=stream)
-            if cuda:
-                torch.cuda.synchronize()  # vLLM <= 0.28's packed producer returns before its streams drain
-
-        t0 = time.monotonic()
-        _run_bounded(run, self.timeout_s, f"sending {len(items)} tensors to the vLLM weight group")
-        return time.monotonic() - t0
-
-    def close(self) -> None:
-        self.group = None
-
-
-def _run_bounded(fn: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """Run fn in a daemon thread; raise WeightSyncTimeout if it is not done in timeout_s (the thread is left
-    behind: a blocked NCCL/gloo call cannot be interrupted)."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
-            box["error"] = err
-
-    thread = threading.Thread(target=target, name="vllm-weight-sender", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise WeightSyncTimeout(f"{what} did not finish within {timeout_s:g} s (an actor missing or dead?); the "
-                                "group is unusable: form a new one, or restart if the GPU stream is stuck")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")

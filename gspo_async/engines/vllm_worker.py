@@ -16,8 +16,13 @@ processing (fused qkv/gate_up, quantisation, MoE repacking) and copies the resul
 CUDA graphs. Names are Hugging Face checkpoint names (what ``model.named_parameters()`` of the learner's HF model
 gives). Between begin and finish the model is partly on the meta device, so the caller must pause generation first.
 
+Like vLLM's own worker, every load and finalise runs inside ``torch.device(worker.device)`` and ends with a device
+synchronise: the RPC returns only once the copies have landed, so the actor may then free or reuse the tensors it
+shared by IPC handle.
+
 This module imports vLLM only inside the methods: it is imported by the worker processes of a CUDA machine, and by
-the CPU test double (``vllm_fake``), which overrides the three ``_gspo_*`` hooks.
+the CPU test double (``gspo_async.testing``), which runs these methods unchanged over stand-ins of the vLLM
+functions they import.
 """
 
 from __future__ import annotations
@@ -75,10 +80,26 @@ def encode_ipc(named: Iterable[tuple[str, torch.Tensor]]) -> bytes:
     return pickle.dumps(handles)
 
 
-def decode_ipc(payload: bytes) -> Iterator[tuple[str, torch.Tensor]]:
-    """Open the IPC handles of `encode_ipc` (payload comes from our own actor process on the same machine)."""
+IPC_DEVICE_ARG = 6  # position of the device index in the arguments of torch's rebuild_cuda_tensor
+
+
+def on_device(rebuild: Any, args: tuple, device: torch.device) -> tuple:
+    """The rebuild arguments of a CUDA IPC handle with the device index replaced by `device`'s: the actor and the
+    worker may number the same GPU differently (CUDA_VISIBLE_DEVICES), so the worker opens the handle on its own
+    device index, as vLLM's IPC weight consumer does. Handles of other kinds pass unchanged."""
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+    if rebuild is not rebuild_cuda_tensor or device.type != "cuda":
+        return tuple(args)
+    out = list(args)
+    out[IPC_DEVICE_ARG] = device.index if device.index is not None else torch.cuda.current_device()
+    return tuple(out)
+
+
+def decode_ipc(payload: bytes, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+    """Open the IPC handles of `encode_ipc` on `device` (payload comes from our own actor process, same GPU)."""
     for name, (rebuild, args) in pickle.loads(payload):
-        yield name, rebuild(*args)
+        yield name, rebuild(*on_device(rebuild, args, device))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -88,10 +109,11 @@ def decode_ipc(payload: bytes) -> Iterator[tuple[str, torch.Tensor]]:
 
 class GSPOWorkerExtension:
     """Mixed into every vLLM worker (``self`` is the worker: ``model_runner``, ``model_config``, ``vllm_config``,
-    ``device`` come from it). Method names carry a ``gspo_`` prefix: a worker's own methods win over an
-    extension's, so a shared name would silently call vLLM's instead."""
+    ``device`` come from it). vLLM appends the extension to the worker's bases and, at worker start, asserts that
+    the extension defines no attribute the worker class already has (an AssertionError naming the attribute), so
+    every name here carries a ``gspo`` prefix."""
 
-    # -- hooks (vLLM-specific; the CPU test double overrides them) --------------------------------------------------
+    # -- what the RPCs share ----------------------------------------------------------------------------------------
 
     def _gspo_model(self) -> Any:
         runner = self.model_runner  # type: ignore[attr-defined]
@@ -114,6 +136,17 @@ class GSPOWorkerExtension:
     def _gspo_device(self) -> torch.device:
         return torch.device(getattr(self, "device", "cpu"))
 
+    @contextlib.contextmanager
+    def _gspo_loading(self) -> Iterator[None]:
+        """vLLM's config scope and this worker's device around a loader call, then a device synchronise, as vLLM's
+        worker does around its own reloads: tensors the loader creates land on this GPU, and the RPC returns only
+        once the queued copies from the source tensors (IPC-shared by the actor) are done."""
+        device = self._gspo_device()
+        with self._gspo_config_scope(), torch.device(device):
+            yield
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     # -- RPC methods ------------------------------------------------------------------------------------------------
 
     def gspo_begin_reload(self) -> None:
@@ -121,7 +154,7 @@ class GSPOWorkerExtension:
         if getattr(self, "_gspo_reloading", False):
             raise RuntimeError("gspo_begin_reload: a reload is already active; finish (or restart the engine) first")
         initialize, _ = self._gspo_layerwise()
-        with self._gspo_config_scope(), torch.device(self._gspo_device()):
+        with self._gspo_loading():
             initialize(self._gspo_model())
         self._gspo_reloading = True
         self._gspo_loaded = 0
@@ -137,7 +170,7 @@ class GSPOWorkerExtension:
                 count += 1
                 yield item
 
-        with self._gspo_config_scope():
+        with self._gspo_loading():
             self._gspo_model().load_weights(counted())
         self._gspo_loaded += count
         return count
@@ -148,14 +181,14 @@ class GSPOWorkerExtension:
 
     def gspo_load_ipc(self, payload: bytes) -> int:
         """Load one chunk of `encode_ipc` handles; returns how many tensors were fed to the loader."""
-        return self._gspo_feed(decode_ipc(payload))
+        return self._gspo_feed(decode_ipc(payload, self._gspo_device()))
 
     def gspo_finish_reload(self) -> int:
         """Process the layers still pending and leave reload mode; returns the number of tensors loaded."""
         if not getattr(self, "_gspo_reloading", False):
             raise RuntimeError("gspo_finish_reload without gspo_begin_reload")
         _, finalize = self._gspo_layerwise()
-        with self._gspo_config_scope():
+        with self._gspo_loading():
             finalize(self._gspo_model(), self.model_config)  # type: ignore[attr-defined]
         self._gspo_reloading = False
         return self._gspo_loaded

@@ -6,10 +6,10 @@ Layout of one training batch of ``B = groups * G`` sequences (group-major: rows 
 - ``attention_mask [B, L]``: 1 on real tokens.
 - ``response_start [B]``: index of the first response token in ``input_ids``.
 - ``response_ids [B, T]``, ``response_mask [B, T]``: the response tokens alone (T = longest response), mask 1 on real
-  tokens. Every per-token tensor the loss sees (log-probs, advantages, versions) has this [B, T] shape.
+  tokens. Every per-token tensor the loss sees (log-probs, advantages) has this [B, T] shape.
 - ``behaviour_logprobs [B, T]``: the actor's log-probs of the sampled tokens (mu).
-- ``token_versions [B, T]``: the weight version that produced each token (-1 under the mask).
 - ``rewards [B]``: the raw rewards as scored by the actor.
+- ``truncated [B]``: True where the response was cut at the length limit (finish reason ``length``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from gspo_async.protocol.messages import RolloutGroup
 
 
 _FIELDS = ("input_ids", "attention_mask", "response_start", "response_ids", "response_mask", "behaviour_logprobs",
-           "token_versions", "rewards")
+           "rewards", "truncated")
 
 
 @dataclass
@@ -33,8 +33,8 @@ class TrainBatch:
     response_ids: torch.Tensor
     response_mask: torch.Tensor
     behaviour_logprobs: torch.Tensor
-    token_versions: torch.Tensor
     rewards: torch.Tensor
+    truncated: torch.Tensor
     group_size: int
 
     @property
@@ -48,6 +48,24 @@ class TrainBatch:
     def select(self, rows: torch.Tensor) -> "TrainBatch":
         """A sub-batch of the given rows (used for mini- and micro-batches)."""
         return TrainBatch(*(getattr(self, f)[rows] for f in _FIELDS), group_size=self.group_size)
+
+    @property
+    def seq_lengths(self) -> torch.Tensor:
+        """[B] tokens of each row, prompt + response (its unpadded length in ``input_ids``)."""
+        return self.attention_mask.sum(1)
+
+    def trimmed(self) -> "TrainBatch":
+        """The same rows with the right padding beyond the longest row cut off: ``input_ids`` to the longest
+        prompt + response, the [B, T] response tensors to the longest response (at least 1 column). Used on each
+        micro-batch so that its forward pass runs on its own longest row, not on the whole batch's."""
+        L = max(int(self.seq_lengths.max()), 1) if self.num_sequences else 1
+        T = max(int(self.response_mask.sum(1).max()), 1) if self.num_sequences else 1
+        cut = {f: getattr(self, f) for f in _FIELDS}
+        for f in ("input_ids", "attention_mask"):
+            cut[f] = cut[f][:, :L]
+        for f in ("response_ids", "response_mask", "behaviour_logprobs"):
+            cut[f] = cut[f][:, :T]
+        return TrainBatch(**cut, group_size=self.group_size)
 
 
 def collate_groups(groups: list[RolloutGroup], pad_id: int) -> TrainBatch:
@@ -66,9 +84,9 @@ def collate_groups(groups: list[RolloutGroup], pad_id: int) -> TrainBatch:
     response_ids = torch.full((B, T), pad_id, dtype=torch.long)
     response_mask = torch.zeros((B, T), dtype=torch.bool)
     behaviour = torch.zeros((B, T), dtype=torch.float32)
-    versions = torch.full((B, T), -1, dtype=torch.long)
     start = torch.zeros(B, dtype=torch.long)
     rewards = torch.zeros(B, dtype=torch.float32)
+    truncated = torch.zeros(B, dtype=torch.bool)
     for i, (prompt, resp) in enumerate(rows):
         p, n = len(prompt), len(resp.tokens)
         input_ids[i, :p] = torch.as_tensor(prompt, dtype=torch.long)
@@ -78,8 +96,7 @@ def collate_groups(groups: list[RolloutGroup], pad_id: int) -> TrainBatch:
         response_ids[i, :n] = torch.as_tensor(resp.tokens, dtype=torch.long)
         response_mask[i, :n] = True
         behaviour[i, :n] = torch.as_tensor(resp.logprobs, dtype=torch.float32)
-        for version, s, e in resp.version_spans:
-            versions[i, int(s):int(e)] = int(version)
         rewards[i] = float(resp.reward)
-    return TrainBatch(input_ids, attention_mask, start, response_ids, response_mask, behaviour, versions, rewards,
+        truncated[i] = resp.finish_reason == "length"
+    return TrainBatch(input_ids, attention_mask, start, response_ids, response_mask, behaviour, rewards, truncated,
                       group_size)

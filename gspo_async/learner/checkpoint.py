@@ -14,6 +14,7 @@ are kept.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -24,6 +25,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step-(\d{8})$")
 _ASIDE = re.compile(r"^\.old-step-(\d{8})-\d+$")  # a complete step moved aside while the same step is re-saved
@@ -50,22 +53,40 @@ def _fsync_tree(path: Path) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Python, NumPy, torch CPU and (when CUDA is present) every CUDA device's generator state."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`. CUDA states are restored when both the checkpoint and this process have CUDA
+    (device counts must match); a checkpoint with CUDA states resumed without CUDA is logged, not an error."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is None:
+        return
+    if not torch.cuda.is_available():
+        log.warning("the checkpoint holds CUDA generator states but this process has no CUDA: they are not restored")
+        return
+    if len(cuda) != torch.cuda.device_count():
+        raise ValueError(f"the checkpoint holds generator states of {len(cuda)} CUDA devices, this process sees "
+                         f"{torch.cuda.device_count()}: resume with the same CUDA_VISIBLE_DEVICES")
+    torch.cuda.set_rng_state_all(cuda)
 
 
 def save_checkpoint(root: Path, *, step: int, version: int, model: torch.nn.Module, tokenizer: Any,
                     trainer_state: dict[str, Any], state: dict[str, Any], keep: int,
-                    extra_writer: Optional[Callable[[Path], None]] = None) -> Path:
+                    extra_writer: Optional[Callable[[Path], None]] = None,
+                    model_state: Optional[dict[str, torch.Tensor]] = None) -> Path:
     """Write checkpoint `step` atomically under `root` and prune to the newest `keep`. Raises OSError on failure
     (after removing the partial temporary directory); the previous checkpoints are untouched either way.
     `extra_writer(tmp_dir)` adds engine-specific files (e.g. DeepSpeed's partitioned optimiser state) before the
-    directory is sealed."""
+    directory is sealed. `model_state`: the full weights to export in place of `model`'s own (a ZeRO-3 model holds
+    only its partition; the engine's ``export_state_dict()`` gathers them)."""
     root.mkdir(parents=True, exist_ok=True)
     _tidy(root)
     final = root / f"step-{step:08d}"
@@ -73,7 +94,7 @@ def save_checkpoint(root: Path, *, step: int, version: int, model: torch.nn.Modu
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
-        model.save_pretrained(tmp / "model", safe_serialization=True)
+        model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=model_state)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp / "model")
         torch.save({**trainer_state, "rng": rng_state()}, tmp / "trainer.pt")

@@ -21,6 +21,11 @@ Admission control (AReaL's bound): a lease is granted only while
 accepted = buffered + training + trained (dropped groups do not count, so replacements can be leased),
 in_flight = leased prompts. max_staleness = 0 makes the run synchronous.
 
+Dynamic sampling (filter_groups): zero-variance groups are dropped on arrival, freeing their slot (group_filter.py).
+
+Fairness: an actor holds at most actor_cap = max(min_actor_leases, ceil((capacity + in_flight) / live_actors))
+leases, its fair share of all that admission allows (floor: one lease request, the actors' prompts_per_lease).
+
 Every prompt that ends (trained or dropped) is also appended to `journal`, which the learner drains into the run's
 ledger (learner/ledger.py): an audit trail, independent of the counters, of which group went into which step.
 """
@@ -30,17 +35,21 @@ from __future__ import annotations
 import math
 
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
 
+from gspo_async.learner.group_filter import constant_reward, reward_key
 from gspo_async.learner.prompts import Prompt, PromptSource
+from gspo_async.protocol.ids import check_actor_id, suffixed
 from gspo_async.protocol.messages import ProtocolError, RolloutGroup
+from gspo_async.telemetry.names import length_bin  # bin b holds [2^(b-1), 2^b - 1] tokens
 
 LEASED, QUEUED, BUFFERED, TRAINING = "leased", "queued", "buffered", "training"
 STATE_FORMAT = 1
+RECENT_GROUP_IDS = 65536  # ids of ended groups remembered to tell a reused id from a resend (~10 MB at most)
 
 
 @dataclass
@@ -71,6 +80,8 @@ class _Actor:
     groups_accepted: int = 0
     tokens_accepted: int = 0
     registrations: int = 1
+    delivered_version: int = -1  # oldest weight version of the newest group accepted from it (-1: none yet)
+    delivered_lag: int = 0  # the learner's version minus delivered_version when that group arrived
 
 
 def _number(value: Any) -> float:
@@ -80,11 +91,6 @@ def _number(value: Any) -> float:
     except (TypeError, ValueError):
         return 0.0
     return out if math.isfinite(out) else 0.0
-
-
-def length_bin(n: int) -> int:
-    """Histogram bin of a response length: b covers [2^(b-1), 2^b), i.e. the bit length of n."""
-    return int(n).bit_length()
 
 
 def _group_record(group: RolloutGroup) -> dict[str, Any]:
@@ -100,15 +106,17 @@ class Coordinator:
     max_buffered_groups: above this, groups get 'retry_later'. drop_stale: drop groups whose staleness
     (version - oldest token version) exceeds max_staleness when the batch is taken. max_prompt_tokens: longer
     prompts are dropped when drawn. max_lease_attempts: a prompt leased this often without a group is dropped
-    (a prompt that kills actors must not kill them all). clock: seconds, monotonic.
+    (a prompt that kills actors must not kill them all). min_actor_leases: the floor of the per-actor lease cap
+    (see the module docstring; the actors' prompts_per_lease). clock: seconds, monotonic.
     """
 
     def __init__(self, prompts: PromptSource, *, groups_per_step: int, group_size: int, max_staleness: int,
                  lease_timeout_s: float, heartbeat_timeout_s: float, max_buffered_groups: Optional[int] = None,
                  drop_stale: bool = True, max_prompt_tokens: Optional[int] = None,
-                 max_lease_attempts: Optional[int] = 8, clock: Callable[[], float] = time.monotonic):
+                 max_lease_attempts: Optional[int] = 8, min_actor_leases: int = 1, filter_groups: bool = False,
+                 clock: Callable[[], float] = time.monotonic):
         for name, value, low in (("groups_per_step", groups_per_step, 1), ("group_size", group_size, 1),
-                                 ("max_staleness", max_staleness, 0)):
+                                 ("max_staleness", max_staleness, 0), ("min_actor_leases", min_actor_leases, 1)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         for name, value in (("lease_timeout_s", lease_timeout_s), ("heartbeat_timeout_s", heartbeat_timeout_s)):
@@ -123,6 +131,11 @@ class Coordinator:
         self.lease_timeout_s, self.heartbeat_timeout_s = float(lease_timeout_s), float(heartbeat_timeout_s)
         self.max_buffered_groups, self.drop_stale = max_buffered_groups, drop_stale
         self.max_prompt_tokens, self.max_lease_attempts = max_prompt_tokens, max_lease_attempts
+        self.min_actor_leases = min_actor_leases
+        if filter_groups and group_size < 2:
+            raise ValueError("filter_groups needs groups of at least 2 responses: a single response always has a "
+                             "constant reward, so every group would be filtered")
+        self.filter_groups = filter_groups
         self.clock = clock
         self.version = 0
         self._allowed_version = 0
@@ -133,6 +146,8 @@ class Coordinator:
         self._buffer: deque[int] = deque()  # buffered prompt ids in arrival order
         self._training: dict[int, None] = {}
         self._group_ids: dict[str, int] = {}  # group id -> prompt id, for groups of open prompts
+        # the same for the latest RECENT_GROUP_IDS ended prompts: a reused id is told from a resend after the end
+        self._ended_group_ids: OrderedDict[str, int] = OrderedDict()
         self._dropped: dict[int, str] = {}  # ended prompt id -> drop reason (absent: trained)
         self._actors: dict[str, _Actor] = {}
         self.n: Counter[str] = Counter()  # cumulative event counts (see counters())
@@ -143,6 +158,7 @@ class Coordinator:
         self.dropped_prompts: Counter[str] = Counter()
         self.lengths: dict[str, Counter[int]] = {"kept": Counter(), "dropped": Counter()}  # response length bins
         self.staleness: Counter[int] = Counter()  # lag of the groups handed out for training
+        self.filtered: Counter[str] = Counter()  # groups dropped by filter_groups, by their (constant) reward
         self.journal: list[dict[str, Any]] = []  # prompts ended since the last drain_journal()
         self.intake_closed = False  # set by close_intake(): the learner is saving its final state
 
@@ -159,6 +175,10 @@ class Coordinator:
         """Leases admission allows right now (>= 0)."""
         bound = (self.max_staleness + self.version + 1) * self.groups_per_step
         return max(0, bound - self.accepted - self.in_flight)
+
+    def actor_cap(self) -> int:
+        """Leases one actor may hold at a time (see the module docstring)."""
+        return max(self.min_actor_leases, -(-(self.capacity() + self.in_flight) // max(1, len(self._actors))))
 
     @property
     def exhausted(self) -> bool:
@@ -179,11 +199,12 @@ class Coordinator:
         if known is not None and known.instance == instance:
             known.last_contact, known.registrations = now, known.registrations + 1
             return actor_id
-        if known is not None:
+        check_actor_id(actor_id)  # the wire checked it already; a direct caller gets the same rule
+        if known is not None:  # the renamed id obeys the id rule too: the base is shortened to fit the suffix
             k = 2
-            while f"{actor_id}-{k}" in self._actors:
+            while suffixed(actor_id, k) in self._actors:
                 k += 1
-            actor_id = f"{actor_id}-{k}"
+            actor_id = suffixed(actor_id, k)
         self._actors[actor_id] = _Actor(actor_id, instance, engine, dict(info or {}), now, now)
         self.n["actors_registered"] += 1
         return actor_id
@@ -202,6 +223,10 @@ class Coordinator:
             actor.last_contact = self.clock()
 
     def heartbeat(self, actor_id: str, version: int, stats: dict[str, Any], unacked: int = 0) -> None:
+        """Record an actor's heartbeat; ProtocolError('forged_version') for weights that never left the learner."""
+        if version > self.allowed_version:
+            raise ProtocolError("forged_version", f"heartbeat names weight version {version}, the learner is at "
+                                                  f"{self.allowed_version}", msg_type="heartbeat")
         actor = self._actors.get(actor_id)
         if actor is not None:
             actor.last_contact, actor.version, actor.stats, actor.unacked = self.clock(), version, dict(stats), unacked
@@ -222,10 +247,12 @@ class Coordinator:
     # ----------------------------------------------------------------------------------------------- leases
     def lease(self, actor_id: str, n: int) -> tuple[list[Prompt], str]:
         """Up to `n` prompts for `actor_id`, queued ones first; (prompts, reason): reason is '' when any were
-        granted, else 'admission' (closed until the next version or a drop) or 'exhausted'."""
+        granted, else 'admission' (closed until the next version or a drop), 'actor_cap' (the actor holds its
+        fair share already, see actor_cap) or 'exhausted'."""
         granted: list[Prompt] = []
         now = self.clock()
-        want = 0 if self.intake_closed else min(n, self.capacity())
+        room = self.actor_cap() - sum(1 for pid in self._leased if self._open[pid].holder == actor_id)
+        want = 0 if self.intake_closed else min(n, self.capacity(), room)
         while len(granted) < want:
             if self._queue:
                 entry = self._open[self._queue.popleft()]
@@ -250,7 +277,12 @@ class Coordinator:
             granted.append(entry.prompt)
         if granted:
             return granted, ""
-        return granted, ("exhausted" if self.exhausted else "admission")
+        if self.exhausted:
+            return granted, "exhausted"
+        if room <= 0 and self.capacity() > 0:
+            self.n["leases_capped"] += 1
+            return granted, "actor_cap"
+        return granted, "admission"
 
     def return_leases(self, actor_id: str, prompt_ids: list[int]) -> list[int]:
         """The actor gives back leases it will not finish (only its own count)."""
@@ -282,14 +314,18 @@ class Coordinator:
     # ----------------------------------------------------------------------------------------------- groups
     def offer(self, actor_id: str, group: RolloutGroup) -> str:
         """Take a validated group from `actor_id`: 'accepted', 'duplicate', 'dropped' (its prompt already ended
-        dropped) or 'retry_later' (buffer full, or intake closed). Raises ProtocolError for a prompt never issued or
-        a prompt whose tokens differ from the issued ones."""
+        dropped) or 'retry_later' (buffer full, or intake closed). Raises ProtocolError for a prompt never issued,
+        a prompt whose tokens differ from the issued ones, or a group id accepted before for another prompt."""
         self.n["groups_received"] += 1
         pid = group.prompt_id
         if self.intake_closed:  # not accepted after the final state is taken: the actor keeps it and resends
             self.n["groups_retry_later"] += 1
             return "retry_later"
-        if group.group_id in self._group_ids:
+        known = self._group_ids.get(group.group_id, self._ended_group_ids.get(group.group_id))
+        if known is not None and known != pid:  # never swallowed as a duplicate: the other prompt would wait
+            raise ProtocolError("group_id_reused", f"group id {group.group_id} was already accepted for another "
+                                "prompt; give every group its own id", ref=group.group_id, msg_type="rollout_group")
+        if group.group_id in self._group_ids:  # a resend (an ended prompt's resend: the prompt-level check below)
             self.n["groups_duplicate"] += 1
             return "duplicate"
         if not 0 <= pid < self.prompts.next_prompt_id:
@@ -325,6 +361,14 @@ class Coordinator:
         if actor is not None:
             actor.groups_accepted += 1
             actor.tokens_accepted += group.num_tokens
+            actor.delivered_version = int(group.min_version)
+            actor.delivered_lag = max(self.version - int(group.min_version), 0)
+        if self.filter_groups:
+            reward = constant_reward(group)
+            if reward is not None:  # no signal: dropped now, so its admission slot is leased again at once
+                self.filtered[reward_key(reward)] += 1
+                self._end(pid, "filtered")
+                return "dropped"
         return "accepted"
 
     def close_intake(self) -> None:
@@ -368,7 +412,7 @@ class Coordinator:
             pid = self._taken(group)
             entry = self._open.pop(pid)
             del self._training[pid]
-            self._group_ids.pop(group.group_id, None)  # from now on the prompt-level check answers resends
+            self._forget_group_id(group.group_id)  # from now on the prompt-level check answers resends
             self.n["prompts_trained"] += 1
             self.n["groups_trained"] += 1
             self.n["tokens_trained"] += group.num_tokens
@@ -395,7 +439,7 @@ class Coordinator:
         self._training.pop(pid, None)
         self._leased.pop(pid, None)
         if entry.group is not None:
-            self._group_ids.pop(entry.group.group_id, None)
+            self._forget_group_id(entry.group.group_id)
             self.dropped_groups[reason] += 1
             self.dropped_tokens[reason] += entry.group.num_tokens
             for length in entry.group.response_lengths:
@@ -404,6 +448,14 @@ class Coordinator:
         self.dropped_prompts[reason] += 1
         self.journal.append({"prompt_id": pid, "outcome": "dropped", "reason": reason,
                              **(_group_record(entry.group) if entry.group is not None else {})})
+
+    def _forget_group_id(self, group_id: str) -> None:
+        """The group's prompt ended: keep its id among the recent ones only."""
+        pid = self._group_ids.pop(group_id, None)
+        if pid is not None:
+            self._ended_group_ids[group_id] = pid
+            if len(self._ended_group_ids) > RECENT_GROUP_IDS:
+                self._ended_group_ids.popitem(last=False)
 
     def drain_journal(self) -> list[dict[str, Any]]:
         """The prompts that ended since the last call, in order: {prompt_id, outcome: trained|dropped, reason (if
@@ -438,6 +490,7 @@ class Coordinator:
                  "tokens_per_s": _number(a.stats.get("tokens_per_s")), "leases": held[a.actor_id],
                  "last_contact_s": now - a.last_contact, "registered_s": now - a.registered_at,
                  "groups_accepted": a.groups_accepted, "tokens_accepted": a.tokens_accepted, "unacked": a.unacked,
+                 "delivered_version": a.delivered_version, "delivered_lag": a.delivered_lag,
                  "registrations": a.registrations, "stats": dict(a.stats), "info": dict(a.info)}
                 for a in self._actors.values()]
 
@@ -457,11 +510,11 @@ class Coordinator:
             "groups_received", "groups_accepted", "groups_duplicate", "groups_retry_later", "groups_trained",
             "groups_late_for_dropped", "tokens_received", "tokens_trained", "leases_issued", "leases_reissued",
             "leases_expired", "leases_returned", "leases_orphaned", "leases_superseded", "prompts_issued",
-            "prompts_trained", "actors_registered", "actors_dead", "actors_left")}
+            "prompts_trained", "actors_registered", "actors_dead", "actors_left", "leases_capped")}
         out.update(self.n)
         out.update(version=self.version, buffered=self.buffered, in_flight=self.in_flight,
                    training=len(self._training), pending_reissue=len(self._queue), actors_alive=len(self._actors),
-                   capacity=self.capacity(),
+                   capacity=self.capacity(), actor_cap=self.actor_cap(),
                    groups_rejected=sum(self.groups_rejected.values()), messages_rejected=sum(self.rejected.values()),
                    groups_dropped=sum(self.dropped_groups.values()), prompts_dropped=sum(self.dropped_prompts.values()),
                    tokens_dropped=sum(self.dropped_tokens.values()),
@@ -471,8 +524,15 @@ class Coordinator:
                    tokens_dropped_by_reason=dict(self.dropped_tokens),
                    prompts_dropped_by_reason=dict(self.dropped_prompts),
                    length_hist_kept=dict(self.lengths["kept"]), length_hist_dropped=dict(self.lengths["dropped"]),
-                   staleness_hist=dict(self.staleness))
+                   staleness_hist=dict(self.staleness), groups_filtered=self.dropped_groups["filtered"],
+                   groups_filtered_by_reward=dict(self.filtered), **{f"size_{k}": n for k, n in self.sizes().items()})
         return out
+
+    def sizes(self) -> dict[str, int]:
+        """Entries per internal structure: bounded by admission and fleet size, except `dropped` (per dropped prompt)."""
+        return {k: len(v) for k, v in (("open", self._open), ("leased", self._leased), ("buffer", self._buffer),
+                ("queue", self._queue), ("training", self._training), ("group_ids", self._group_ids),
+                ("ended_group_ids", self._ended_group_ids), ("actors", self._actors), ("journal", self.journal), ("dropped", self._dropped))}
 
     def accounting(self) -> dict[str, Any]:
         """issued == trained + dropped + in_flight + buffered + training + pending_reissue, from independent tallies:
@@ -502,6 +562,7 @@ class Coordinator:
             "dropped_prompts": dict(self.dropped_prompts),
             "lengths": {k: {str(b): c for b, c in v.items()} for k, v in self.lengths.items()},
             "staleness": {str(k): v for k, v in self.staleness.items()},
+            "filtered": dict(self.filtered),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -533,3 +594,4 @@ class Coordinator:
         self.dropped_prompts = Counter(state["dropped_prompts"])
         self.lengths = {k: Counter({int(b): c for b, c in v.items()}) for k, v in state["lengths"].items()}
         self.staleness = Counter({int(k): v for k, v in state["staleness"].items()})
+        self.filtered = Counter(state.get("filtered", {}))  # absent in states saved before the filter existed

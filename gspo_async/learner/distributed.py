@@ -8,6 +8,7 @@ before it starts it, and the followers run :func:`follower_loop`::
     rank 0                                         ranks > 0
     broadcast_batch(groups); trainer.train_step()  -> follower_loop: trainer.train_step(groups)
     announce_weights(); engine.broadcast_tensors() -> for _ in engine.broadcast_tensors(): pass
+    announce_export(); engine.export_state_dict()  -> engine.export_state_dict()   (ZeRO-3 gathers)
     announce_save(path); engine.save(path)         -> engine.save(path)
     broadcast_batch(None)                          -> follower_loop returns
 
@@ -27,8 +28,8 @@ import torch.distributed as dist
 
 from gspo_async.protocol.messages import RolloutGroup
 
-TRAIN, WEIGHTS, SAVE, STOP = "train", "weights", "save", "stop"
-COMMANDS = (TRAIN, WEIGHTS, SAVE, STOP)
+TRAIN, WEIGHTS, EXPORT, SAVE, STOP = "train", "weights", "export", "save", "stop"
+COMMANDS = (TRAIN, WEIGHTS, EXPORT, SAVE, STOP)
 
 # Followers block on the command channel while rank 0 waits for rollouts, evaluates or publishes weights.
 COMMAND_TIMEOUT = datetime.timedelta(days=7)
@@ -121,6 +122,11 @@ def announce_weights(src: int = 0) -> None:
     send_command(WEIGHTS, None, src)
 
 
+def announce_export(src: int = 0) -> None:
+    """Rank `src`, before ``engine.export_state_dict()``: the followers join the (ZeRO-3) gathers of the export."""
+    send_command(EXPORT, None, src)
+
+
 def announce_save(path: str | os.PathLike, src: int = 0) -> None:
     """Rank `src`, before ``engine.save(path)``: the followers write their partitions into the same `path`."""
     send_command(SAVE, os.fspath(path), src)
@@ -147,6 +153,8 @@ def follower_loop(trainer, stop=None) -> int:
         elif kind == WEIGHTS:
             for _ in engine.broadcast_tensors():
                 pass
+        elif kind == EXPORT:
+            engine.export_state_dict()
         elif kind == SAVE:
             engine.save(payload)
         else:

@@ -5,9 +5,14 @@ decodes, validates and answers every message. Every message gets exactly one rep
 dropped silently: ROUTER_MANDATORY makes a reply to a vanished peer an error we count (the actor resends what
 matters: an unacked group, an unanswered lease request), and a Lease that cannot be delivered is returned.
 
-Memory stays bounded whatever the actors do: leases bound the groups in flight, `max_buffered_groups` bounds the
-buffer ('retry_later' beyond), libzmq drops connections that send a frame over twice limits.max_message_bytes,
-and each peer's queue is capped by the receive high-water mark.
+Memory stays bounded whatever the actors do: leases bound the groups in flight (and one actor's share of them),
+`max_buffered_groups` bounds the buffer ('retry_later' beyond), libzmq drops connections that send a frame over
+twice limits.max_message_bytes, each peer's queue is capped by the high-water marks, status replies are paged and
+rate-limited, and an unauthenticated CURVE connection is dropped after HANDSHAKE_IVL_MS.
+
+Fault isolation: an exception while handling one peer's message costs that message (an `internal` error reply and
+a counter), and an exception in a timer (lease expiry, parked leases, version announcements) costs that pass of
+the timer (counted, logged): neither reaches the loop, so no message can stop the server.
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from gspo_async.learner.coordinator import Coordinator
-from gspo_async.protocol.auth import CurveServerKeys, apply_server_keys, check_bind, start_authenticator
+from gspo_async.learner.guards import (
+    HANDSHAKE_IVL_MS, STATUS_BURST, STATUS_RATE_PER_S, RateLimitedLog, TokenBucket, actor_config)
+from gspo_async.protocol.auth import CurveServerKeys, apply_server_keys, check_bind, is_loopback, start_authenticator
 from gspo_async.protocol.codec import DEFAULT_FRAME_THRESHOLD, decode, encode
 from gspo_async.protocol.messages import (
-    TO_LEARNER, Ack, ActorStatus, ErrorReply, Goodbye, Heartbeat, HeartbeatAck, Lease, LeaseRequest, Limits,
-    PromptLease, ProtocolError, Register, RolloutGroup, StatusReply, StatusRequest, WeightVersion, Welcome)
+    STATUS_PAGE_MAX, TO_LEARNER, Ack, ActorStatus, ErrorReply, Goodbye, Heartbeat, HeartbeatAck, Lease, LeaseRequest,
+    Limits, PromptLease, ProtocolError, Register, RolloutGroup, StatusReply, StatusRequest, WeightVersion, Welcome)
 from gspo_async.protocol.sockets import HANDSHAKE_EVENTS, Waker, endpoint, peer_address
 from gspo_async.protocol.validate import check_group
 
@@ -52,20 +59,12 @@ def _rate(value: float) -> float:
     return value if value >= 0 and value != float("inf") else 0.0
 
 
-class _RateLimitedLog:
-    """At most one warning per reason every `every_s` seconds (a flood of bad messages must not flood the log)."""
-
-    def __init__(self, every_s: float = 5.0):
-        self.every_s, self.last, self.suppressed = every_s, {}, Counter()
-
-    def warn(self, reason: str, text: str) -> None:
-        now = time.monotonic()
-        if now - self.last.get(reason, -1e9) >= self.every_s:
-            more = f" (+{self.suppressed[reason]} similar suppressed)" if self.suppressed[reason] else ""
-            log.warning("%s%s", text, more)
-            self.last[reason], self.suppressed[reason] = now, 0
-        else:
-            self.suppressed[reason] += 1
+def _source_fd(frame: zmq.Frame) -> int:
+    """The socket descriptor a received frame came through (-1 where libzmq does not say)."""
+    try:
+        return int(frame.get(zmq.SRCFD))
+    except (zmq.ZMQError, AttributeError, TypeError):
+        return -1
 
 
 class LearnerServer:
@@ -81,7 +80,7 @@ class LearnerServer:
     def __init__(self, coordinator: Coordinator, *, host: str = "127.0.0.1", port: int = 0, limits: Limits,
                  welcome_extra: Optional[dict[str, Any]] = None, curve: Optional[CurveServerKeys] = None,
                  insecure: bool = False, heartbeat_interval_s: float = 1.0, session: Optional[str] = None,
-                 frame_threshold: int = DEFAULT_FRAME_THRESHOLD, retry_after_s: float = 1.0):
+                 frame_threshold: int = DEFAULT_FRAME_THRESHOLD, retry_after_s: float = 1.0, run_id: str = ""):
         check_bind(host, curve, insecure)
         extra = dict(welcome_extra or {})
         unknown = set(extra) - set(WELCOME_KEYS)
@@ -98,15 +97,21 @@ class LearnerServer:
         self._requested_port = port
         self.port: int = port
         self.session = session or uuid.uuid4().hex[:16]
+        self.run_id = run_id  # the training run (kept across resumes); "" = groups are not checked
         self.heartbeat_interval_s, self.retry_after_s = float(heartbeat_interval_s), float(retry_after_s)
         self.frame_threshold = frame_threshold
-        self._config = dict(extra.get("config") or {})
+        self._config = actor_config(dict(extra.get("config") or {}))
         self._model_files = dict(extra.get("model_files") or {})
         self._weight_store = (str(ws[0]), int(ws[1])) if ws else None
         self._lock = threading.RLock()  # guards the coordinator (socket thread and learner thread)
         self._cond = threading.Condition(self._lock)
         self._peers: dict[bytes, str] = {}  # routing id -> actor id
         self._routes: dict[str, bytes] = {}  # actor id -> routing id
+        # A closed connection (the actor's process died: the kernel closes its sockets) is seen at once on the
+        # monitor socket, by file descriptor; the descriptor each routing id last spoke through maps it to the
+        # actor, which leaves the weight broadcasts until it is heard from again (heartbeats decide its leases).
+        self._fds: dict[bytes, int] = {}  # routing id -> socket descriptor of its last message
+        self._cut: set[str] = set()  # actors whose connection closed since their last message
         self._parked: dict[bytes, _Parked] = {}
         self._announce: Optional[int] = None
         self._wanted = 0  # groups take_groups still waits for
@@ -114,8 +119,13 @@ class LearnerServer:
         # on other threads never see the dict change size
         self.transport: Counter[str] = Counter({k: 0 for k in (
             "messages_received", "messages_ok", "replies_failed", "handshakes_ok", "handshakes_failed",
-            "internal_errors", *(f"received_{t}" for t in TO_LEARNER))})
-        self._warn = _RateLimitedLog()
+            "internal_errors", "timer_errors", "status_refused", "connections_closed", "no_source_fd",
+            *(f"received_{t}" for t in TO_LEARNER))})
+        # status for any peer only where the handshake authenticates (CURVE) or only local users can connect
+        # (NULL on loopback); elsewhere (learner.insecure) only registered actors may ask
+        self._status_open = curve is not None or is_loopback(host)
+        self._status_bucket = TokenBucket(STATUS_RATE_PER_S, STATUS_BURST)
+        self._warn = RateLimitedLog()
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
         self._tick_s = min(0.1, coordinator.heartbeat_timeout_s / 10)
@@ -135,6 +145,7 @@ class LearnerServer:
         # A frame over twice the limit makes libzmq drop the connection before anything is buffered; messages
         # between the limit and that are read and answered 'too_large' (decode checks the sum over frames).
         sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.limits.max_message_bytes)
+        sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_IVL_MS)
         if ":" in self.host:
             sock.setsockopt(zmq.IPV6, 1)
         if self.curve:
@@ -147,7 +158,7 @@ class LearnerServer:
             raise OSError(f"cannot bind the learner to {self.host}:{self._requested_port} ({err}); is another "
                           "learner running? pick another learner.port or 0 for a free one") from None
         self.port = int(sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
-        self._monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
+        self._monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS | zmq.EVENT_DISCONNECTED)
         self._sock = sock
         self._waker = Waker(self._ctx)
         self._thread = threading.Thread(target=self._run, name="learner-server", daemon=True)
@@ -227,6 +238,12 @@ class LearnerServer:
         with self._lock:
             return self.coordinator.live_actor_ids()
 
+    def reachable_actor_ids(self) -> list[str]:
+        """Live actors whose connection has not closed since their last message: those worth listing in a weight
+        broadcast (a SIGKILLed actor leaves this list at once, long before heartbeats declare it dead)."""
+        with self._lock:
+            return [a for a in self.coordinator.live_actor_ids() if a not in self._cut]
+
     def actors(self) -> list[dict[str, Any]]:
         with self._lock:
             return self.coordinator.actors()
@@ -248,17 +265,19 @@ class LearnerServer:
         with self._lock:
             return self.coordinator.accounting()
 
-    def status(self, rid: int = 0) -> StatusReply:
-        """The fleet as a StatusReply: live actors, version, prompt accounting and the flat counters. Reading it
-        changes nothing (no contact time, no membership)."""
+    def status(self, rid: int = 0, offset: int = 0, limit: int = STATUS_PAGE_MAX) -> StatusReply:
+        """The fleet as a StatusReply: live actors [offset, offset + limit) (at most STATUS_PAGE_MAX), version,
+        prompt accounting and the flat counters. Reading it changes nothing (no contact time, no membership)."""
         with self._lock:
             actors, accounting = self.coordinator.actors(), self.coordinator.accounting()
             counters, version = self.coordinator.counters(), self.coordinator.version
+        total = len(actors)
+        actors = actors[offset: offset + min(limit, STATUS_PAGE_MAX)]
         rows = [ActorStatus(a["actor_id"], a["engine"], int(a["version"]), _rate(a["tokens_per_s"]), int(a["leases"]),
                             max(0.0, a["last_contact_s"]), max(0.0, a["registered_s"]), int(a["groups_accepted"]),
                             int(a["unacked"]), str(a["info"].get("address", ""))[:200]) for a in actors]
-        flat = {k: v for k, v in counters.items() if type(v) in (int, float, bool)}
-        return StatusReply(self.session, version, rows, accounting, flat, rid=rid)
+        flat = {k: v for k, v in {**counters, **self.transport}.items() if type(v) in (int, float, bool)}
+        return StatusReply(self.session, version, rows, accounting, flat, rid=rid, total_actors=total, offset=offset)
 
     def state_dict(self) -> dict[str, Any]:
         with self._lock:
@@ -302,7 +321,9 @@ class LearnerServer:
                 if self._waker.rx in events:
                     self._waker.drain()
                 if self._announce is not None:  # before any lease that the new version admitted
-                    self._broadcast_version()
+                    self._guarded(self._broadcast_version)
+                if self._monitor in events:  # first: a descriptor closed and reused is seen closed before reuse
+                    self._guarded(self._on_monitor)
                 if self._sock in events:
                     for _ in range(512):  # then look at timers again
                         try:
@@ -310,16 +331,14 @@ class LearnerServer:
                         except zmq.Again:
                             break
                         self._handle(frames)
-                if self._monitor in events:
-                    self._on_monitor()
                 now = time.monotonic()
                 if now >= next_tick:
-                    self._tick()
+                    self._guarded(self._tick)
                     next_tick = now + self._tick_s
                 if self._announce is not None:
-                    self._broadcast_version()
+                    self._guarded(self._broadcast_version)
                 if self._parked:
-                    self._serve_parked(now)
+                    self._guarded(self._serve_parked, now)
         except Exception:  # the thread must never die silently
             log.exception("learner server thread failed; actors will time out")
             raise
@@ -327,6 +346,14 @@ class LearnerServer:
             self._monitor.close(linger=0)
             self._sock.close(linger=0)
             self._waker.close()
+
+    def _guarded(self, fn: Any, *args: Any) -> None:
+        """Run one timer pass; a failure costs that pass (counted, logged), never the server."""
+        try:
+            fn(*args)
+        except Exception:
+            self.transport["timer_errors"] += 1
+            log.exception("learner server: %s failed; the server goes on", getattr(fn, "__name__", fn))
 
     def _tick(self) -> None:
         with self._lock:
@@ -340,9 +367,12 @@ class LearnerServer:
 
     def _forget(self, actor_id: str) -> None:
         routing = self._routes.pop(actor_id, None)
+        with self._lock:
+            self._cut.discard(actor_id)
         if routing is not None:
             self._peers.pop(routing, None)
             self._parked.pop(routing, None)
+            self._fds.pop(routing, None)
 
     def _on_monitor(self) -> None:
         while True:
@@ -350,12 +380,26 @@ class LearnerServer:
                 event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                self._on_disconnected(int(event["value"]))
+            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.transport["handshakes_ok"] += 1
             else:
                 self.transport["handshakes_failed"] += 1
                 self._warn.warn("handshake", "a client failed the security handshake (no key, unauthorised key "
                                              "or wrong server key) and was refused")
+
+    def _on_disconnected(self, fd: int) -> None:
+        for routing in [r for r, f in self._fds.items() if f == fd]:
+            del self._fds[routing]
+            actor_id = self._peers.get(routing)
+            if actor_id is None or self._routes.get(actor_id) != routing:
+                continue
+            with self._lock:
+                self._cut.add(actor_id)
+            self.transport["connections_closed"] += 1
+            log.info("actor %s: connection closed; left out of weight broadcasts until it is heard from again",
+                     actor_id)
 
     def _send(self, routing: bytes, msg: Any) -> bool:
         frames = encode(msg, frame_threshold=self.frame_threshold)
@@ -378,13 +422,21 @@ class LearnerServer:
         routing, body = frames[0].bytes, frames[1:]
         self.transport["messages_received"] += 1
         actor_id = self._peers.get(routing)
+        self._fds[routing] = fd = _source_fd(body[0])
+        if fd < 0 and not self.transport["no_source_fd"]:
+            self.transport["no_source_fd"] += 1
+            log.warning("this libzmq does not report a message's socket (ZMQ_SRCFD): a dead actor leaves weight "
+                        "broadcasts only when heartbeats declare it dead (learner.heartbeat_timeout_s)")
+        if actor_id in self._cut:  # heard from again: its connection is back
+            with self._lock:
+                self._cut.discard(actor_id)
         try:
             msg = decode(body, limits=self.limits, accept=TO_LEARNER)
             self.transport[f"received_{type(msg).TYPE}"] += 1
             if isinstance(msg, Register):
                 self._on_register(routing, msg, peer_address(body[0]))
             elif isinstance(msg, StatusRequest):  # before the membership check: a status query is not an actor
-                self._send(routing, self.status(msg.rid))
+                self._on_status(routing, actor_id, msg)
             else:
                 with self._lock:
                     alive = actor_id is not None and self.coordinator.is_alive(actor_id)
@@ -421,6 +473,20 @@ class LearnerServer:
             log.exception("internal error handling a message from %s", actor_id or routing.hex())
             self._send(routing, ErrorReply("internal", f"{type(err).__name__} in the learner; resend later"))
 
+    def _on_status(self, routing: bytes, actor_id: Optional[str], msg: StatusRequest) -> None:
+        if not self._status_open:
+            with self._lock:
+                registered = actor_id is not None and self.coordinator.is_alive(actor_id)
+            if not registered:
+                self.transport["status_refused"] += 1
+                raise ProtocolError("not_registered", "on an unauthenticated learner only registered actors may ask "
+                                                      "for its status", msg_type=msg.TYPE, rid=msg.rid)
+        if not self._status_bucket.take():
+            self.transport["status_refused"] += 1
+            raise ProtocolError("rate_limited", f"more than {STATUS_RATE_PER_S:g} status requests per second; ask "
+                                                "again later", msg_type=msg.TYPE, rid=msg.rid)
+        self._send(routing, self.status(msg.rid, msg.offset, msg.limit))
+
     def _reject(self, routing: bytes, actor_id: Optional[str], body: list, err: ProtocolError) -> None:
         with self._lock:
             self.coordinator.count_rejected(err.code, err.msg_type == "rollout_group")
@@ -447,14 +513,20 @@ class LearnerServer:
             self._peers.pop(old, None)
             self._parked.pop(old, None)
         self._peers[routing], self._routes[actor_id] = actor_id, routing
+        with self._lock:
+            self._cut.discard(actor_id)
         log.info("actor %s registered (engine %s%s)", actor_id, msg.engine, f", {address}" if address else "")
         self._send(routing, Welcome(
             actor_id=actor_id, session=self.session, version=version, config=self._config,
             model_files=self._model_files if msg.want_files else {}, weight_store=self._weight_store,
             heartbeat_interval_s=self.heartbeat_interval_s, lease_timeout_s=self.coordinator.lease_timeout_s,
-            limits=self.limits, rid=msg.rid))
+            limits=self.limits, rid=msg.rid, run_id=self.run_id))
 
     def _on_group(self, routing: bytes, actor_id: str, group: RolloutGroup) -> None:
+        if group.run_id and self.run_id and group.run_id != self.run_id:  # before the version checks: not forgery
+            raise ProtocolError("other_run", f"group {group.group_id} is from run {group.run_id}, this is run "
+                                f"{self.run_id}: drop it (the actor of a finished run)", ref=group.group_id,
+                                msg_type=RolloutGroup.TYPE)
         with self._lock:
             allowed = self.coordinator.allowed_version
         check_group(group, self.limits, allowed)  # the ceiling only grows, so a pass stays a pass

@@ -5,229 +5,215 @@ module's loop is the training thread. It waits for ``rollout_batch_size`` kept g
 version, broadcasts the weights to every live actor, and tells the coordinator (which re-opens admission).
 While it waits for data it re-broadcasts the current weights whenever the membership changed, so an actor that
 joins receives the full current weights before it generates.
+
+This module only composes the parts: the trainer (:mod:`~gspo_async.learner.build`, the same on every rank), the
+endpoint and coordinator, the weight-sync membership (:mod:`~gspo_async.learner.weight_sync`) and the fleet
+metrics (:mod:`~gspo_async.learner.fleet`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from gspo_async.config import Config
-from gspo_async.process import StopFlag, setup_process
+from gspo_async.dashboard.server import serve_dashboard
+from gspo_async.engines.base import SamplingSettings
+from gspo_async.engines.hf import HFEngine
+from gspo_async.learner import distributed
+from gspo_async.bootstrap import ensure_model
+from gspo_async.learner.build import build_trainer, model_files, restore_trainer
+from gspo_async.learner.checkpoint import Checkpoint, load_latest, save_checkpoint, set_rng_state
+from gspo_async.learner.coordinator import Coordinator
+from gspo_async.learner.endpoint import LearnerServer
+from gspo_async.learner.fleet import FleetMetrics
+from gspo_async.learner.ledger import LedgerWriter
+from gspo_async.learner.prompts import PromptSource
+from gspo_async.learner.resume import run_identity
+from gspo_async.learner.weight_sync import WeightSyncMembership
+from gspo_async.process import StartupError, StopFlag, setup_logging, setup_process
+from gspo_async.protocol.auth import CurveServerKeys
+from gspo_async.protocol.messages import Limits
+from gspo_async.tasks import task_from_config
+from gspo_async.tasks.evaluate import evaluate
+from gspo_async.tasks.reward_checks import RewardCheckError, last_reward_error, scoring_for_run
+from gspo_async.telemetry.derive import LoopMetrics, initial_values
+from gspo_async.telemetry.names import METRICS
+from gspo_async.telemetry.registry import MetricRegistry
+from gspo_async.telemetry.sinks import build_sinks
+from gspo_async.weights.elastic import WeightPublisher
 
-MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-               "special_tokens_map.json", "chat_template.jinja", "tiny_meta.json")
+__all__ = ["Learner", "run_follower", "run_learner"]
 
-
-def ensure_model(cfg: Config) -> Path:
-    """The model directory, building the tiny local model there first when it is missing and allowed."""
-    path = Path(cfg.model.path)
-    if not (path / "config.json").is_file() and cfg.model.build_tiny_if_missing:
-        from gspo_async.models.tiny import build_tiny
-
-        print(f"[learner] building the tiny local model at {path} (no hub access) ...", flush=True)
-        build_tiny(path, seed=cfg.seed)
-    return path
-
-
-def model_files(path: Path) -> dict[str, bytes]:
-    """Small files that let a remote actor rebuild the architecture and tokenizer (weights come by broadcast)."""
-    return {name: (path / name).read_bytes() for name in MODEL_FILES if (path / name).is_file()}
+log = logging.getLogger(__name__)
 
 
 def _is_metric(name: str) -> bool:
-    """Whether `name` is a registered metric whose value is set per step: a gauge, or a histogram-list given whole
-    (per-step values that are not in the registry stay in the history)."""
-    from gspo_async.telemetry.names import GAUGE, HIST, METRICS
-
-    spec = METRICS.get(name)
-    return spec is not None and spec.kind in (GAUGE, HIST)
+    """Whether `name` is a registered metric: gauges, histogram-lists given whole and counters given as totals (the
+    coordinator's) all go into every step record; per-step values that are not in the registry stay in the
+    history."""
+    return name in METRICS
 
 
 class Learner:
     def __init__(self, cfg: Config, resume: bool = False):
-        from gspo_async.engines.hf import HFEngine
-        from gspo_async.tasks.scoring import RewardRunner
-        from gspo_async.learner.checkpoint import load_latest, load_trainer_state, set_rng_state
-        from gspo_async.learner.coordinator import Coordinator
-        from gspo_async.learner.backends import build_backend
-        from gspo_async.learner.prompts import PromptSource
-        from gspo_async.learner.trainer import Trainer
-        from gspo_async.models.loading import load_model_and_tokenizer
-        from gspo_async.protocol.messages import Limits
-        from gspo_async.learner.endpoint import LearnerServer
-        from gspo_async.tasks import task_from_config
-        from gspo_async.tasks.prompting import encode_prompt
-        from gspo_async.telemetry.registry import MetricRegistry
-        from gspo_async.weights.elastic import WeightPublisher
-
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.run_dir = Path(cfg.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+        self.run_id = run_identity(self.run_dir, resume)
         self.ckpt_root = self.run_dir / "checkpoints"
         ckpt = load_latest(self.ckpt_root) if resume else None
         self.distributed = cfg.learner.engine == "deepspeed"
         if self.distributed:  # rank 0 of a DeepSpeed learner: tell the followers which checkpoint to load
-            from gspo_async.learner.distributed import broadcast_object, init_learner_distributed
-
-            init_learner_distributed(cfg)
+            distributed.init_learner_distributed(cfg)
             ensure_model(cfg)  # before the followers load it
-            broadcast_object(str(ckpt.path) if ckpt else None)
+            distributed.broadcast_object(str(ckpt.path) if ckpt else None)
         if resume and ckpt is None:
-            print(f"[learner] --resume: no checkpoint under {self.ckpt_root}; starting fresh", flush=True)
+            log.info("[learner] --resume: no checkpoint under %s; starting fresh", self.ckpt_root)
 
-        model_dir = ensure_model(cfg)
-        self.model_dir = model_dir
-        load_from = ckpt.path / "model" if ckpt else model_dir
-        dtype = getattr(torch, cfg.model.dtype)
-        self.model, self.tokenizer = load_model_and_tokenizer(load_from, dtype=dtype, device=cfg.learner.device)
-        if cfg.model.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
-        ref_model = None
-        if cfg.use_kl_loss or cfg.add_token_level_kl:
-            ref_model, _ = load_model_and_tokenizer(model_dir, dtype=dtype, device=cfg.learner.device)
-            ref_model.requires_grad_(False)
-        self.engine = build_backend(cfg, self.model)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.trainer = Trainer(cfg, self.engine, pad_id, ref_model)
+        self.model_dir = ensure_model(cfg)
+        parts = build_trainer(cfg, ckpt.path if ckpt else None)
+        self.model, self.tokenizer = parts.model, parts.tokenizer
+        self.engine, self.trainer = parts.backend, parts.trainer
 
         self.task = task_from_config(cfg.task)
-        self.reward = RewardRunner(cfg.task.reward if cfg.task.reward != "exact" else self.task.reward_fn,
-                                   timeout_s=cfg.task.reward_timeout_s)
-        chat = cfg.task.chat_template or None
-
-        def encode(text: str) -> list[int]:
-            return encode_prompt(self.tokenizer, text, chat=chat)
-
-        self.prompts = PromptSource(self.task.train_items(cfg.seed), encode=encode)
+        # every reward function is called on real items here, before any actor connects (RewardCheckError)
+        self.reward, self.encoder, self.reward_monitor = scoring_for_run(cfg.task, self.task, self.tokenizer)
+        self.exit_code = 0
+        self.prompts = PromptSource(self.encoder.encode_items(self.task.train_items(cfg.seed)))
         self.coordinator = Coordinator(
             self.prompts, groups_per_step=cfg.groups_per_step, group_size=cfg.num_return_sequences_in_group,
             max_staleness=cfg.off_policy.max_staleness, lease_timeout_s=cfg.learner.lease_timeout_s,
             heartbeat_timeout_s=cfg.learner.heartbeat_timeout_s, max_buffered_groups=cfg.max_buffered_groups,
-            drop_stale=cfg.off_policy.drop_stale, max_prompt_tokens=cfg.prompt_length)
+            drop_stale=cfg.off_policy.drop_stale, max_prompt_tokens=cfg.prompt_length,
+            min_actor_leases=cfg.actor.prompts_per_lease, filter_groups=cfg.filter_groups.enabled)
 
         self.step = 0
         self.version = 0
         self.history: list[dict[str, float]] = []
         if ckpt is not None:
-            state = load_trainer_state(ckpt)
-            self.engine.load_state_dict(state["engine"])
-            if self.distributed:
-                self.engine.load(ckpt.path / "deepspeed")
-            self.trainer.running.load_state_dict(state["running"])
-            set_rng_state(state["rng"])
-            self.trainer.generator.set_state(state["generator"])
-            self.coordinator.load_state_dict(ckpt.state["coordinator"])
-            self.step, self.version = ckpt.step, ckpt.version
-            self.history = ckpt.state.get("history", [])
-            print(f"[learner] resumed from {ckpt.path} at step {self.step}, version {self.version}", flush=True)
-
-        from gspo_async.telemetry.sinks import build_sinks
+            self._restore(parts, ckpt)
 
         self.registry = MetricRegistry("learner", self.run_dir, sinks=build_sinks(cfg.telemetry, self.run_dir))
         self.ledger = None
         if cfg.learner.ledger:
-            from gspo_async.learner.ledger import LedgerWriter
-
             self.ledger = LedgerWriter(self.run_dir, resumed_from=ckpt.step if ckpt is not None else -1)
-        self.known_actors: set[str] = set()
-        self.eval_engine = HFEngine((self.model, self.tokenizer), device=cfg.learner.device, seed=cfg.seed)
+        self.eval_engine = HFEngine((self.model, self.tokenizer), device=cfg.learner.device, seed=cfg.seed,
+                                    evaluation=True)
 
         host = cfg.learner.host
-        self.publisher = WeightPublisher(host, cfg.weight_store_port, timeout_s=cfg.learner.weight_sync.timeout_s,
-                                         bucket_bytes=int(cfg.learner.weight_sync.bucket_mb * 2**20),
-                                         backend=cfg.learner.weight_sync.resolve_backend(cfg.learner.device),
-                                         device=cfg.learner.device)
-        vocab = int(self.model.get_output_embeddings().weight.shape[0])
-        limits = Limits(vocab_size=vocab, max_prompt_tokens=cfg.prompt_length,
-                        max_response_tokens=cfg.response_length, group_size=cfg.num_return_sequences_in_group)
-        curve = None
-        if cfg.learner.curve.secret_key:
-            from gspo_async.protocol.auth import CurveServerKeys
-
-            curve = CurveServerKeys.load(cfg.learner.curve.secret_key, cfg.learner.curve.authorized_clients)
-        self.server = LearnerServer(
-            self.coordinator, host=host, port=cfg.learner.port, limits=limits, curve=curve,
-            insecure=cfg.learner.insecure, heartbeat_interval_s=cfg.learner.heartbeat_interval_s,
-            welcome_extra={"config": cfg.to_dict(), "model_files": model_files(model_dir),
-                           "weight_store": [cfg.learner.advertise_host or host, self.publisher.port]})
-        self.server.start()
-        self.server.set_version(self.version)
-        self.published_members: Optional[list[str]] = None
-        self.weight_excluded: dict[str, float] = {}  # actor id -> monotonic time until which it is left out
-        self.weight_failures: Counter[str] = Counter()  # consecutive failed rounds per actor (for the back-off)
-        self.weight_present: set[str] = set()  # actors whose weight receiver has been seen listening
+        sync = cfg.learner.weight_sync
+        try:
+            self.publisher = WeightPublisher(host, cfg.weight_store_port, timeout_s=sync.timeout_s,
+                                             bucket_bytes=int(sync.bucket_mb * 2**20),
+                                             backend=sync.resolve_backend(cfg.learner.device),
+                                             device=cfg.learner.device)
+        except RuntimeError as err:  # torch's DistNetworkError: the port is taken or the address is not ours
+            reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+            raise StartupError(f"cannot bind the weight store to {host}:{cfg.weight_store_port} ({reason}); is "
+                               "another learner running? pick another learner.weight_store_port (default "
+                               "learner.port + 1)") from None
+        self.membership = WeightSyncMembership(sync.timeout_s, sync.exclude_s)
+        try:
+            self.server = self._start_server(host)
+        except OSError as err:  # the endpoint's own one-line message: port in use, address not ours
+            self.publisher.close()
+            raise StartupError(str(err)) from None
+        self.fleet = FleetMetrics(self.server, self.registry, group_size=cfg.num_return_sequences_in_group)
+        self.loop = LoopMetrics()  # busy and wait time, rates over one wall window
+        self.registry.update(initial_values(time.time()))
+        self.fleet_metrics()  # the start of the rate window
         self.last_sync: dict[str, float] = {}
         self.dashboard = None
         self.stop = StopFlag()
 
+    def _restore(self, parts, ckpt: Checkpoint) -> None:
+        state = restore_trainer(parts, ckpt, self.distributed)
+        set_rng_state(state["rng"])
+        self.coordinator.load_state_dict(ckpt.state["coordinator"])
+        self.step, self.version = ckpt.step, ckpt.version
+        self.history = ckpt.state.get("history", [])
+        log.info("[learner] resumed from %s at step %d, version %d", ckpt.path, self.step, self.version)
+
+    def _start_server(self, host: str) -> LearnerServer:
+        cfg = self.cfg
+        head = self.model.get_output_embeddings().weight
+        vocab = int(getattr(head, "ds_shape", head.shape)[0])  # a ZeRO-3 partition's own shape is empty
+        limits = Limits(vocab_size=vocab, max_prompt_tokens=cfg.prompt_length,
+                        max_response_tokens=cfg.response_length, group_size=cfg.num_return_sequences_in_group)
+        curve = None
+        if cfg.learner.curve.secret_key:
+            curve = CurveServerKeys.load(cfg.learner.curve.secret_key, cfg.learner.curve.authorized_clients)
+        server = LearnerServer(
+            self.coordinator, host=host, port=cfg.learner.port, limits=limits, curve=curve,
+            insecure=cfg.learner.insecure, heartbeat_interval_s=cfg.learner.heartbeat_interval_s, run_id=self.run_id,
+            welcome_extra={"config": cfg.to_dict(), "model_files": model_files(self.model_dir),
+                           "weight_store": [cfg.learner.advertise_host or host, self.publisher.port]})
+        server.start()
+        server.set_version(self.version)
+        return server
+
     # ----- the pieces of the loop -----
     def weight_members(self) -> list[str]:
-        """Live actors that take part in broadcasts: those whose weight receiver is listening, but for those
-        excluded after a recent failed round."""
-        now = time.monotonic()
-        self.weight_excluded = {a: until for a, until in self.weight_excluded.items() if now < until}
-        live = set(self.server.live_actor_ids()) - set(self.weight_excluded)
-        self.weight_present &= live | set(self.weight_excluded)
-        self.weight_present |= set(self.publisher.present(sorted(live - self.weight_present)))
-        return sorted(live & self.weight_present)
+        """Live, connected actors that take part in broadcasts now (see :class:`WeightSyncMembership`)."""
+        return self.membership.members(self.server.reachable_actor_ids(), self.publisher.present)
 
     def sync_weights(self, reason: str, retry: bool = True) -> None:
         """Broadcast the current weights to the live actors (a failure is logged; the next call rebuilds). Actors
-        that made the round fail are excluded for weight_sync.exclude_s, then tried again; the others get this
+        that made the round fail are held out (back-off) and actors that died leave at once; the others get this
         version at once by a second round without them."""
         members = self.weight_members()
         if self.distributed:  # every rank takes part in gathering (ZeRO-3) the weights
-            from gspo_async.learner.distributed import announce_weights
-
-            announce_weights()
-        result = self.publisher.publish(list(self.engine.broadcast_tensors()), self.version, members)
+            distributed.announce_weights()
+        result = self.publisher.publish(list(self.engine.broadcast_tensors()), self.version, members,
+                                        alive=self.server.reachable_actor_ids)
         self.last_sync = {"weights/sync_s": result.seconds, "weights/bytes": float(result.nbytes),
                           "weights/transfer_s": max(result.seconds - result.group_seconds, 0.0)}
         if result.ok:
-            self.published_members = members
-            for m in members:
-                self.weight_failures.pop(m, None)
+            self.membership.succeeded(members)
             self.registry.inc("weights/syncs")
             self.registry.inc("weights/bytes_sent", float(result.nbytes * len(members)))
         else:
-            self.published_members = None  # rebuild at the next chance
             self.registry.inc("weights/failures")
-            sync = self.cfg.learner.weight_sync
-            excluded = [m for m in result.missing if m in members] if sync.exclude_s else []
-            for m in excluded:  # back off: one timeout after a first failure, doubling up to exclude_s
-                self.weight_failures[m] += 1
-                hold = min(sync.exclude_s, sync.timeout_s * 2 ** (self.weight_failures[m] - 1))
-                self.weight_excluded[m] = time.monotonic() + hold
-            print(f"[learner] weight sync v{self.version} ({reason}) to {members} failed: {result.error}"
-                  + (f"; leaving {excluded} out of broadcasts for a while (backing off up to {sync.exclude_s:g}s)"
-                     if excluded else ""), flush=True)
-            if excluded and retry and self.weight_members():
-                self.sync_weights(f"{reason}, without {excluded}", retry=False)
-        self.registry.set("weights/excluded", float(len(self.weight_excluded)))
+            reachable = set(self.server.reachable_actor_ids())
+            gone = [m for m in members if m not in reachable]  # died meanwhile (a reset broadcast, a closed socket)
+            held = self.membership.failed([m for m in members if m in reachable], result.missing)
+            log.warning("[learner] weight sync v%d (%s) to %s failed: %s%s%s", self.version, reason, members,
+                        result.error, f"; {gone} left the fleet" if gone else "",
+                        f"; leaving {held} out of broadcasts for a while (backing off up to "
+                        f"{self.membership.exclude_s:g}s)" if held else "")
+            if (held or gone) and retry and self.weight_members():
+                self.sync_weights(f"{reason}, without {sorted(held + gone)}", retry=False)
+        self.registry.set("weights/excluded", float(len(self.membership.excluded)))
 
     def membership_changed(self) -> bool:
-        return self.weight_members() != self.published_members
+        return self.membership.changed(self.weight_members())
 
     def evaluate(self) -> float:
-        from gspo_async.engines.base import SamplingSettings
-        from gspo_async.tasks.evaluate import evaluate
-
         items = self.task.eval_items()
         if not items:
             return float("nan")
         max_new = self.cfg.learner.eval_max_new_tokens or self.cfg.response_length
+        engine = self.eval_engine
+        if self.distributed:  # ZeRO-3: every rank helps gather the copy rank 0 evaluates (backend docstring)
+            distributed.announce_export()
+            model = self.engine.evaluation_model()
+            if model is not self.model:
+                engine = HFEngine((model, self.tokenizer), device=self.cfg.learner.device, seed=self.cfg.seed,
+                                  evaluation=True)
         self.model.eval()
-        with torch.no_grad():
-            result = evaluate(self.eval_engine, self.tokenizer, items, self.reward.score,
-                              SamplingSettings(temperature=0.0, max_new_tokens=max_new))
+        with torch.no_grad(), self.engine.autocast():  # the actors' compute dtype under mixed precision
+            result = evaluate(engine, self.tokenizer, items, self.reward,
+                              SamplingSettings(temperature=0.0, max_new_tokens=max_new), encode=self.encoder)
+        self.registry.inc("eval/runs")  # an event marker: accuracy alone repeats in every record
         return float(result["accuracy"])
 
     def record_ended(self, records: list[dict[str, Any]], sync: bool = False) -> None:
@@ -240,16 +226,20 @@ class Learner:
                 self.ledger.sync()
         except OSError as err:
             self.registry.inc("ledger/write_failures")
-            print(f"[learner] ledger write at step {self.step} failed ({err}); {len(records)} records are missing "
-                  f"from {self.ledger.path}", flush=True)
+            log.error("[learner] ledger write at step %d failed (%s); %d records are missing from %s",
+                      self.step, err, len(records), self.ledger.path)
 
-    def checkpoint(self) -> None:
-        from gspo_async.learner.checkpoint import save_checkpoint
-
+    def checkpoint(self) -> bool:
+        """Save the whole state under checkpoints/step-N; False (logged, counted) when the save failed."""
         coordinator_state, ended = self.server.snapshot()
         self.record_ended(ended, sync=True)  # the ledger reaches this state before the checkpoint that holds it
+        model_state = None
+        if self.distributed:  # ZeRO-3: the export needs the weights gathered by every rank (None under ZeRO-1/2)
+            distributed.announce_export()
+            model_state = self.engine.export_state_dict()
         try:
             save_checkpoint(self.ckpt_root, step=self.step, version=self.version, model=self.model,
+                            model_state=model_state,
                             tokenizer=self.tokenizer,
                             trainer_state={"engine": self.engine.state_dict(),
                                            "running": self.trainer.running.state_dict(),
@@ -258,70 +248,47 @@ class Learner:
                             keep=self.cfg.learner.checkpoint.keep, extra_writer=self._save_engine_files)
         except OSError as err:  # full disk, permissions: keep training, keep the previous checkpoint
             self.registry.inc("checkpoint/failures")
-            print(f"[learner] checkpoint at step {self.step} failed ({err}); the previous one is intact. "
-                  f"Free space under {self.ckpt_root} to resume saving.", flush=True)
+            log.error("[learner] checkpoint at step %d failed (%s); the previous one is intact. "
+                      "Free space under %s to resume saving.", self.step, err, self.ckpt_root)
+            return False
+        self.registry.inc("checkpoint/saves")
+        return True
 
     def _save_engine_files(self, tmp: Path) -> None:
         if self.distributed:  # DeepSpeed's partitioned optimiser state, written by every rank
-            from gspo_async.learner.distributed import announce_save
-
-            announce_save(tmp / "deepspeed")
+            distributed.announce_save(tmp / "deepspeed")
             self.engine.save(tmp / "deepspeed")
 
-    def fleet_metrics(self) -> dict[str, float]:
-        """Fleet-wide numbers from the coordinator; per-actor rows go to the registry directly."""
-        gen_rate, skew = 0.0, 0
-        live = set()
-        for a in self.server.actors():
-            aid = a["actor_id"]
-            live.add(aid)
-            lag = max(self.version - int(a["version"]), 0)
-            st = a.get("stats", {})
-            self.registry.set_actor(aid, {
-                "tokens_per_s": a["tokens_per_s"], "version": float(a["version"]), "version_lag": float(lag),
-                "leases": float(a["leases"]), "tokens": float(st.get("tokens_total", 0.0)),
-                "groups": float(st.get("groups_total", 0.0)), "busy_frac": float(st.get("busy_frac", 0.0)),
-                "pending_groups": float(a.get("unacked", 0)), "heartbeat_age_s": float(a["last_contact_s"]),
-                "alive": 1.0})
-            gen_rate += a["tokens_per_s"]
-            skew = max(skew, lag)
-        for gone in self.known_actors - live:
-            self.registry.forget_actor(gone)
-        self.known_actors = live
-        c = self.server.counters()
-        lengths = lambda d: [float(d.get(i, d.get(str(i), 0))) for i in range(1 + max(map(int, d), default=-1))]
-        return {"throughput/gen_tokens_per_s": gen_rate, "weights/version_skew_max": float(skew),
-                "actors/alive": float(c["actors_alive"]), "buffer/groups": float(c["buffered"]),
-                "leases/in_flight": float(c["in_flight"]), "staleness/dropped": float(c["dropped_stale"]),
-                "staleness/dropped_tokens": float(c["dropped_stale_tokens"]),
-                "drops/duplicate": float(c["groups_duplicate"]), "drops/invalid": float(c["groups_rejected"]),
-                "drops/length_hist_kept": lengths(c["length_hist_kept"]),
-                "drops/length_hist_dropped": lengths(c["length_hist_dropped"]),
-                "leases/expired": float(c["leases_expired"]), **self.server.ages()}
+    def fleet_metrics(self) -> dict[str, Any]:
+        """Fleet-wide numbers (see :class:`FleetMetrics`) with the loop's busy fractions and window rates;
+        per-actor rows go to the registry directly."""
+        fleet = self.fleet.collect(self.version)
+        return {**fleet, **self.loop.values(fleet)}
 
     # ----- main loop -----
+    def _start_services(self) -> None:
+        cfg = self.cfg
+        log.info("[learner] listening on %s:%d (weights on port %d); run %s in %s", cfg.learner.host,
+                 self.server.port, self.publisher.port, self.run_id, self.run_dir)
+        if cfg.telemetry.dashboard_port is not None:
+            self.dashboard = serve_dashboard(self.run_dir, port=cfg.telemetry.dashboard_port)
+            log.info("[learner] dashboard: %s", self.dashboard.url)
+        if cfg.telemetry.prometheus_port is not None:
+            port = self.registry.serve_prometheus(port=cfg.telemetry.prometheus_port)
+            log.info("[learner] prometheus metrics: http://127.0.0.1:%d/metrics", port)
+
     def run(self) -> int:
         cfg = self.cfg
         total = cfg.learner.total_steps
-        print(f"[learner] listening on {cfg.learner.host}:{self.server.port} (weights on port {self.publisher.port}); "
-              f"run dir {self.run_dir}", flush=True)
-        if cfg.telemetry.dashboard_port is not None:
-            from gspo_async.dashboard.server import serve_dashboard
-
-            self.dashboard = serve_dashboard(self.run_dir, port=cfg.telemetry.dashboard_port)
-            print(f"[learner] dashboard: {self.dashboard.url}", flush=True)
-        if cfg.telemetry.prometheus_port is not None:
-            port = self.registry.serve_prometheus(port=cfg.telemetry.prometheus_port)
-            print(f"[learner] prometheus metrics: http://127.0.0.1:{port}/metrics", flush=True)
+        self._start_services()
         if self.step == 0 and cfg.learner.eval_every:
             acc = self.evaluate()
             self.registry.set("eval/accuracy", acc)
             self.registry.log(self.step)
             self.history.append({"step": 0, "eval/accuracy": acc})
-            print(f"[learner] step 0: held-out accuracy {acc:.3f} (before RL)", flush=True)
+            log.info("[learner] step 0: held-out accuracy %.3f (before RL)", acc)
         start = time.time()
         last_log = start
-        busy = 0.0
         while self.step < total and not self.stop.is_set():
             batch: list = []
             wait_start = time.time()
@@ -342,9 +309,7 @@ class Learner:
                 self.registry.observe("staleness/hist", lag)
                 self.registry.observe("staleness/hist_tokens", lag, g.num_tokens)
             if self.distributed:
-                from gspo_async.learner.distributed import broadcast_batch
-
-                broadcast_batch(batch)
+                distributed.broadcast_batch(batch)
             metrics = self.trainer.train_step(batch)
             self.step += 1
             self.version += 1
@@ -355,54 +320,77 @@ class Learner:
             self.server.mark_trained(batch)
             self.record_ended(self.server.drain_journal())
             train_s = time.time() - t0
-            busy += train_s
+            self.loop.add_step(train_s, wait_s)
+            # Counts (train/groups, train/tokens, drops...) are the coordinator's totals from fleet_metrics.
             metrics.update({
-                "train/step": float(self.step), "train/version": float(self.version),
+                "train/step": float(self.step), "train/version": float(self.version), "train/step_s": train_s,
                 "staleness/mean": sum(lags) / len(lags), "staleness/max": float(max(lags)),
-                "learner/wait_s": wait_s, "learner/busy_frac": busy / max(time.time() - start, 1e-9),
-                "throughput/train_tokens_per_s": metrics["train/tokens"] / max(train_s, 1e-9),
-                "throughput/samples_per_s": metrics["train/samples"] / max(train_s + wait_s, 1e-9),
-                **self.last_sync, **self.fleet_metrics()})
+                "learner/wait_s": wait_s, **self.last_sync, **self.fleet_metrics()})
             if cfg.learner.eval_every and (self.step % cfg.learner.eval_every == 0 or self.step == total):
                 metrics["eval/accuracy"] = self.evaluate()
+            reward_metrics = self.reward_monitor.observe(batch)
+            metrics.update(reward_metrics)
             self.registry.update({k: v for k, v in metrics.items() if _is_metric(k)})
-            self.registry.inc("train/step")
-            self.registry.inc("train/tokens", metrics["train/tokens"])
-            self.registry.inc("train/samples", metrics["train/samples"])
-            self.registry.inc("train/groups", float(len(batch)))
+            self.registry.update(reward_metrics)  # per-function names are a family, not in METRICS
             self.registry.log(self.step)
             last_log = time.time()
             self.history.append({k: v for k, v in metrics.items() if isinstance(v, float)})
-            self._print_progress(metrics, time.time() - start)
+            self._log_progress(metrics, time.time() - start)
+            if (warning := self.reward_monitor.take_warning()) is not None:
+                log.warning("[learner] %s", warning)
+            if self.reward_monitor.over_limit():  # stop: the final checkpoint below keeps what was acknowledged
+                log.error("[learner] stopping at step %d: %s", self.step,
+                          self.reward_monitor.stop_message(self._last_reward_error()))
+                self.exit_code = 3
+                break
             if cfg.learner.checkpoint.every and self.step % cfg.learner.checkpoint.every == 0:
                 self.checkpoint()
         self.server.close_intake()  # what is acknowledged as accepted from here on would miss the final state
-        self.checkpoint()
+        saved = self.checkpoint()
+        # The final record: every count as the ledger now holds it, and the run marked ended.
+        self.registry.update({**self.fleet_metrics(), "learner/finished": 1.0})
+        self.registry.log(self.step)
         if self.distributed:
-            from gspo_async.learner.distributed import broadcast_batch
+            distributed.broadcast_batch(None)  # release the follower ranks
+        self._write_summary(time.time() - start, saved)
+        return self.exit_code
 
-            broadcast_batch(None)  # release the follower ranks
-        self._write_summary(time.time() - start)
-        return 0
+    def _last_reward_error(self) -> Optional[str]:
+        """The last reward error an actor reported; its message rides in heartbeats, so wait up to two of them."""
+        deadline = time.monotonic() + 2 * self.cfg.learner.heartbeat_interval_s
+        while (error := last_reward_error(self.server.actors())) is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # polling interval: the condition is re-checked
+        return error
 
-    def _print_progress(self, m: dict[str, Any], elapsed: float) -> None:
+    def _log_progress(self, m: dict[str, Any], elapsed: float) -> None:
         acc = f" | acc {m['eval/accuracy']:.3f}" if "eval/accuracy" in m else ""
-        print(f"[learner] step {self.step}/{self.cfg.learner.total_steps} v{self.version} | "
-              f"reward {m['reward/mean']:.3f}{acc} | staleness {m['staleness/mean']:.2f} (max {m['staleness/max']:.0f})"
-              f" | gen {m['throughput/gen_tokens_per_s']:.0f} tok/s | train {m['throughput/train_tokens_per_s']:.0f}"
-              f" tok/s | busy {100 * m['learner/busy_frac']:.0f}% | clip {m.get('train/clipfrac', 0):.3f} | "
-              f"actors {m['actors/alive']:.0f} | {elapsed:.0f}s", flush=True)
+        filtered = f" | filtered {m.get('groups/filtered', 0):.0f}" if self.cfg.filter_groups.enabled else ""
+        log.info(f"[learner] step {self.step}/{self.cfg.learner.total_steps} v{self.version} | "
+                 f"reward {m['reward/mean']:.3f}{acc} | staleness {m['staleness/mean']:.2f} (max "
+                 f"{m['staleness/max']:.0f}) | gen {m['throughput/gen_tokens_per_s']:.0f} tok/s | train "
+                 f"{m['throughput/train_tokens_per_s']:.0f} tok/s | busy {100 * m['learner/busy_frac']:.0f}% | "
+                 f"clip {m.get('train/clipfrac', 0):.3f} | trunc {m.get('response/truncated_frac', 0):.2f}"
+                 f"{filtered} | actors {m['actors/alive']:.0f} | {elapsed:.0f}s"
+                 f"{self.reward_monitor.progress_suffix()}")
 
-    def _write_summary(self, elapsed: float) -> None:
+    def _write_summary(self, elapsed: float, saved: bool = True) -> None:
         accs = [(h["step"] if "step" in h else h.get("train/step"), h["eval/accuracy"])
                 for h in self.history if "eval/accuracy" in h]
         summary = {"steps": self.step, "version": self.version, "seconds": elapsed,
                    "eval_accuracy": accs, "accounting": self.server.accounting(), "counters": self.server.counters(),
                    "start_accuracy": accs[0][1] if accs else None, "final_accuracy": accs[-1][1] if accs else None}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-        print(f"[learner] done: {self.step} steps in {elapsed:.0f}s; held-out accuracy "
-              f"{summary['start_accuracy']} -> {summary['final_accuracy']}; checkpoints in {self.ckpt_root}; "
-              f"metrics in {self.run_dir / 'metrics.jsonl'}", flush=True)
+        total = self.cfg.learner.total_steps
+        accuracy = (f"; held-out accuracy {summary['start_accuracy']:.3f} -> {summary['final_accuracy']:.3f}"
+                    if accs else "")
+        if self.step < total and self.stop.is_set():  # a signal, not the end of the run
+            log.info("[learner] stopped at step %d of %d (%s), %s%s; checkpoints in %s (continue with --resume); "
+                     "metrics in %s", self.step, total, self.stop.reason,
+                     "state saved" if saved else "the final save FAILED (the previous checkpoint is intact)",
+                     accuracy, self.ckpt_root, self.run_dir / "metrics.jsonl")
+        else:
+            log.info("[learner] done: %d steps in %.0fs%s; checkpoints in %s; metrics in %s", self.step, elapsed,
+                     accuracy, self.ckpt_root, self.run_dir / "metrics.jsonl")
 
     def close(self) -> None:
         for part in (self.server, self.publisher, self.registry, self.dashboard, self.reward, self.ledger):
@@ -410,49 +398,55 @@ class Learner:
                 try:
                     part.close()
                 except Exception as err:  # closing must not hide the run's own result
-                    print(f"[learner] error while closing {type(part).__name__}: {err}", flush=True)
+                    log.error("[learner] error while closing %s: %s", type(part).__name__, err)
 
 
 def run_follower(cfg: Config) -> int:
     """Ranks > 0 of a DeepSpeed learner: hold a share of the ZeRO state and follow rank 0's commands."""
-    from gspo_async.learner.checkpoint import load_trainer_state
-    from gspo_async.learner.distributed import broadcast_object, follower_loop
-    from gspo_async.learner.backends import build_backend
-    from gspo_async.learner.checkpoint import Checkpoint
-    from gspo_async.learner.trainer import Trainer
-    from gspo_async.models.loading import load_model_and_tokenizer
-
-    ckpt_path = broadcast_object(None)  # same order of collectives as rank 0's Learner.__init__
-    dtype = getattr(torch, cfg.model.dtype)
-    model, tokenizer = load_model_and_tokenizer(Path(ckpt_path) / "model" if ckpt_path else cfg.model.path,
-                                                dtype=dtype, device=cfg.learner.device)
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    ref_model = None
-    if cfg.use_kl_loss or cfg.add_token_level_kl:
-        ref_model, _ = load_model_and_tokenizer(cfg.model.path, dtype=dtype, device=cfg.learner.device)
-        ref_model.requires_grad_(False)
-    engine = build_backend(cfg, model)
-    trainer = Trainer(cfg, engine, tokenizer.pad_token_id or 0, ref_model)
+    ckpt_path = distributed.broadcast_object(None)  # same order of collectives as rank 0's Learner.__init__
+    parts = build_trainer(cfg, Path(ckpt_path) if ckpt_path else None)
     if ckpt_path:
-        state = load_trainer_state(Checkpoint(Path(ckpt_path), 0, 0, {}))
-        engine.load_state_dict(state["engine"])
-        engine.load(Path(ckpt_path) / "deepspeed")
-        trainer.running.load_state_dict(state["running"])
-        trainer.generator.set_state(state["generator"])
-    follower_loop(trainer, StopFlag().install())
+        restore_trainer(parts, Checkpoint(Path(ckpt_path), 0, 0, {}), distributed=True)
+    distributed.follower_loop(parts.trainer, StopFlag().install())
     return 0
+
+
+def check_world(cfg: Config, env: Optional[dict[str, str]] = None) -> int:
+    """The number of learner ranks a launcher started (WORLD_SIZE, 1 without one); refuses several ranks unless
+    the config shards the learner over them (learner.engine: deepspeed)."""
+    env = os.environ if env is None else env
+    raw = env.get("WORLD_SIZE", "1") or "1"
+    try:
+        world = int(raw)
+    except ValueError:
+        raise StartupError(f"WORLD_SIZE={raw!r} is not a number of ranks; unset it or start the learner with "
+                           "torchrun") from None
+    if world > 1 and cfg.learner.engine != "deepspeed":
+        raise StartupError(
+            f"WORLD_SIZE={world}: a launcher started {world} learner ranks, but learner.engine is "
+            f"{cfg.learner.engine!r}, so every rank would start a whole learner on the same ports. Add "
+            "learner.engine=deepspeed to shard one learner over the ranks (install it with "
+            "python -m pip install 'gspo-async[deepspeed]'), or start a single process without torchrun")
+    return world
 
 
 def run_learner(cfg: Config, resume: bool = False) -> int:
     setup_process(cfg.learner.threads)
+    setup_logging("learner")
+    world = check_world(cfg)
     if cfg.learner.engine == "deepspeed":
-        from gspo_async.learner.distributed import init_learner_distributed
-
-        rank, _ = init_learner_distributed(cfg)
+        rank, world = distributed.init_learner_distributed(cfg)
         if rank > 0:
             return run_follower(cfg)
-    learner = Learner(cfg, resume=resume)
+        log.info("[learner] engine deepspeed (ZeRO stage %d) on %d rank(s), device %s",
+                 cfg.learner.deepspeed.zero_stage, world, cfg.learner.device)
+    else:
+        log.info("[learner] engine torch on %d rank, device %s", world, cfg.learner.device)
+    try:
+        learner = Learner(cfg, resume=resume)
+    except RewardCheckError as err:  # a broken reward: stop before step 1, with what to fix
+        log.error("[learner] %s", err)
+        return 1
     learner.stop.install()
     try:
         return learner.run()

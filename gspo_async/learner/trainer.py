@@ -12,15 +12,20 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
 
 from gspo_async.algo import RunningMoments, compute_advantages, geometric_rejection_mask, policy_loss
-from gspo_async.algo.logprobs import token_logprobs_from_hidden
+from gspo_async.algo.logprobs import IDENTITY, LogitTransform, token_logprobs_from_hidden
 from gspo_async.algo.off_policy import select_old_logprobs
+from gspo_async.algo.overlong import mask_truncated, soft_overlong_penalty
 from gspo_async.learner.batch import TrainBatch, collate_groups
 from gspo_async.learner.backends.base import LearnerBackend
+from gspo_async.learner.microbatch import padded_tokens, plan_fixed, plan_token_budget
+from gspo_async.models.loading import disable_dropout
+from gspo_async.models.logits import logit_transform
 from gspo_async.protocol.messages import RolloutGroup
 
 # How per-micro-batch metrics combine into one step's value: maxima; sums (each call's loss is already its share
@@ -30,26 +35,42 @@ _MAX_METRICS = ("ratio_max", "is_weight_max")
 _SUM_METRICS = ("pg_loss", "kl_loss")
 _SEQ_METRICS = ("clipfrac_seq", "is_weight_mean")
 
+log = logging.getLogger(__name__)
+
 
 def response_logprobs(model: torch.nn.Module, batch: TrainBatch, *, temperature: float, chunk_size: int = 1024,
-                      compute_entropy: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                      compute_entropy: bool = False, transform: LogitTransform = IDENTITY,
+                      path: str = "chunked") -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """log pi(response token | prefix) at the sampling temperature, [B, T] (0 under the mask), and entropy.
 
-    Only the hidden states that predict response tokens go through the output projection, in chunks, so the
-    [tokens x vocab] float32 log-softmax is never held at once.
+    ``path="chunked"``: only the hidden states that predict response tokens go through the output projection and
+    the architecture's logit `transform` (:func:`gspo_async.models.logits.logit_transform`), in chunks, so the
+    [tokens x vocab] float32 log-softmax is never held at once. ``path="model"``: the model's own forward and its
+    full logits (any architecture; [B, L, V] in memory).
     """
-    base = getattr(model, model.base_model_prefix)
-    hidden = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state  # [B, L, H]
     B, T = batch.response_ids.shape
-    # hidden at position p predicts token p + 1: response token t sits at start + t, so read start + t - 1.
-    device = hidden.device
-    pos = (batch.response_start[:, None] + torch.arange(T, device=device)[None, :] - 1).clamp(0, hidden.shape[1] - 1)
+    device = batch.input_ids.device
+    # position p predicts token p + 1: response token t sits at start + t, so read start + t - 1.
+    pos = (batch.response_start[:, None] + torch.arange(T, device=device)[None, :] - 1).clamp(
+        0, batch.input_ids.shape[1] - 1)
     rows = torch.arange(B, device=device)[:, None].expand(B, T)
     mask = batch.response_mask
-    head = model.get_output_embeddings()
-    lp, ent = token_logprobs_from_hidden(hidden[rows[mask], pos[mask]], head.weight, batch.response_ids[mask],
-                                         bias=getattr(head, "bias", None), temperature=temperature,
-                                         chunk_size=chunk_size, compute_entropy=compute_entropy)
+    labels = batch.response_ids[mask]
+    if path == "model":
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits  # [B, L, V]
+        logp = (logits[rows[mask], pos[mask]].float() / temperature).log_softmax(-1)
+        lp = logp.gather(-1, labels[:, None].long())[:, 0]
+        ent = -(logp.exp() * logp).sum(-1) if compute_entropy else None
+    elif path == "chunked":
+        base = getattr(model, model.base_model_prefix)
+        hidden = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state  # [B, L, H]
+        head = model.get_output_embeddings()
+        lp, ent = token_logprobs_from_hidden(hidden[rows[mask], pos[mask]], head.weight, labels,
+                                             bias=getattr(head, "bias", None), temperature=temperature,
+                                             chunk_size=chunk_size, compute_entropy=compute_entropy,
+                                             transform=transform)
+    else:
+        raise ValueError(f"log-prob path {path!r} is not one of chunked, model")
     logprobs = torch.zeros((B, T), dtype=lp.dtype, device=device).masked_scatter(mask, lp)
     entropy = torch.zeros((B, T), dtype=ent.dtype, device=device).masked_scatter(mask, ent) if ent is not None else None
     return logprobs, entropy
@@ -64,19 +85,49 @@ class Trainer:
         self.pad_id = pad_id
         self.ref_model = ref_model
         self.running = RunningMoments()
+        self.slots = 0  # padded token slots of the current step's training passes
         self.generator = torch.Generator().manual_seed(cfg.seed)
         if (cfg.use_kl_loss or cfg.add_token_level_kl) and ref_model is None:
             raise ValueError("use_kl_loss / add_token_level_kl need a reference model")
+        # Training passes run in train mode, the no-grad passes in eval mode: with dropout the on-policy ratio
+        # would not be 1. The models are loaded with dropout off; this covers models built any other way.
+        for m in (engine.model, ref_model):
+            if m is not None:
+                disable_dropout(m)
+        self.logprob_path = cfg.model.logprob_path
+        # Refuses, by name, an architecture whose logit processing the chunked path cannot reproduce.
+        self.transform = logit_transform(engine.model.config) if self.logprob_path == "chunked" else IDENTITY
+        budget = cfg.optim.max_tokens_per_micro_batch
+        if budget:
+            log.info("micro-batches: token budget of %d padded tokens each (rows sorted by length, each micro-batch "
+                     "right-padded to its longest row; optim.micro_batch_size is not used)", budget)
+        else:
+            log.info("micro-batches: %d sequences each in shuffled order, each right-padded to its longest row "
+                     "(set optim.max_tokens_per_micro_batch to pack by tokens for long-tailed lengths)",
+                     cfg.optim.micro_batch_size)
+
+    def _micro_batches(self, rows: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+        """`rows` (indices into the batch) split into micro-batches by the configured plan (see
+        :mod:`gspo_async.learner.microbatch`); lengths [B] are the whole batch's row lengths. Adds the plan's padded
+        token slots to ``self.slots`` (for ``train/padding_frac``)."""
+        n = [int(x) for x in lengths[rows].tolist()]
+        budget = self.cfg.optim.max_tokens_per_micro_batch
+        plan = plan_token_budget(n, budget) if budget else plan_fixed(len(n), self.cfg.optim.micro_batch_size)
+        self.slots += padded_tokens(n, plan)
+        return [rows[torch.as_tensor(p, dtype=torch.long, device=rows.device)] for p in plan]
 
     # ----- helpers -----
     def _logprobs_no_grad(self, model: torch.nn.Module, batch: TrainBatch) -> torch.Tensor:
-        out = []
+        out = torch.zeros(batch.response_ids.shape, dtype=torch.float32, device=batch.response_ids.device)
+        rows_all = torch.arange(batch.num_sequences, device=batch.response_ids.device)
         with torch.no_grad():
-            for rows in torch.arange(batch.num_sequences).split(self.cfg.optim.micro_batch_size):
-                out.append(self._pad_to(response_logprobs(model, batch.select(rows),
-                                                          temperature=self.cfg.sampling.temperature)[0],
-                                        batch.response_ids.shape[1]))
-        return torch.cat(out)
+            for rows in self._micro_batches(rows_all, batch.seq_lengths):
+                with self.engine.autocast():
+                    lp = response_logprobs(model, batch.select(rows).trimmed(),
+                                           temperature=self.cfg.sampling.temperature, transform=self.transform,
+                                           path=self.logprob_path)[0]
+                out[rows] = self._pad_to(lp, batch.response_ids.shape[1]).to(out.dtype)
+        return out
 
     @staticmethod
     def _pad_to(x: torch.Tensor, T: int) -> torch.Tensor:
@@ -89,6 +140,8 @@ class Trainer:
         model = self.engine.model
         batch = collate_groups(groups, self.pad_id).to(next(model.parameters()).device)
         mask = batch.response_mask
+        lengths = batch.seq_lengths
+        self.slots = 0
         need_prox = cfg.off_policy.correction in ("decoupled", "recompute")
         model.eval()  # no dropout while measuring pi_prox and pi_ref
         prox = self._logprobs_no_grad(model, batch) if need_prox else None
@@ -103,9 +156,17 @@ class Trainer:
                                             cfg.off_policy.rejection.high)
             rejected = int((~keep).sum())
             train_mask = mask & keep[:, None]
+        if cfg.mask_truncated_responses:  # no loss on cut responses; their rewards still shape the group's stats
+            train_mask = mask_truncated(train_mask, batch.truncated)
+        rewards = batch.rewards
+        penalty = None
+        if cfg.overlong_penalty.enabled:
+            o = cfg.overlong_penalty
+            penalty = soft_overlong_penalty(mask.sum(1), cfg.response_length, o.buffer_length, o.penalty_factor)
+            rewards = rewards + penalty.to(rewards.dtype)
 
         advantages = compute_advantages(
-            batch.rewards, train_mask, group_size=batch.group_size, adv_estimator=cfg.adv_estimator,
+            rewards, train_mask, group_size=batch.group_size, adv_estimator=cfg.adv_estimator,
             reward_norm=cfg.reward_norm, reward_shift=cfg.reward_shift, reward_scale=cfg.reward_scale,
             reward_clip=cfg.reward_clip, add_token_level_kl=cfg.add_token_level_kl,
             token_kl_coef=cfg.token_level_kl_coef, old_logprobs=old, ref_logprobs=ref,
@@ -119,6 +180,7 @@ class Trainer:
                             kl_loss_coef=cfg.kl_loss_coef, norm_length=cfg.loss_agg_norm_length or cfg.response_length,
                             log_ratio_clamp=cfg.log_ratio_clamp)
         model.train()
+        self.slots = 0  # count the training passes only (the no-grad passes above are cheaper)
         sums: dict[str, float] = {}
         maxima: dict[str, float] = {}
         totals: dict[str, float] = {}
@@ -133,12 +195,13 @@ class Trainer:
                 num_tokens = train_mask[mini].sum().clamp(min=1)
                 num_seqs = (train_mask[mini].sum(1) > 0).sum().clamp(min=1)
                 mini_loss = 0.0
-                for micro in self.engine.shard(list(mini.split(cfg.optim.micro_batch_size))):
-                    sub = batch.select(micro)
-                    T = int(sub.response_mask.sum(1).max().clamp(min=1))  # trim right padding
-                    sub.response_ids, sub.response_mask = sub.response_ids[:, :T], sub.response_mask[:, :T]
-                    logprobs, entropy = response_logprobs(model, sub, temperature=cfg.sampling.temperature,
-                                                          compute_entropy=True)
+                for micro in self.engine.shard(self._micro_batches(mini, lengths)):
+                    sub = batch.select(micro).trimmed()  # forward on this micro-batch's own longest row
+                    T = sub.response_ids.shape[1]
+                    with self.engine.autocast():
+                        logprobs, entropy = response_logprobs(model, sub, temperature=cfg.sampling.temperature,
+                                                              compute_entropy=True, transform=self.transform,
+                                                              path=self.logprob_path)
                     m = train_mask[micro][:, :T]
                     loss, metrics = policy_loss(
                         logprobs, old[micro][:, :T], advantages[micro][:, :T], m,
@@ -168,7 +231,7 @@ class Trainer:
                 grad_norms.append(self.engine.step())
                 losses.append(mini_loss)
 
-        n_steps = max(cfg.ppo_epochs * cfg.optim.num_mini_batches, 1)
+        n_steps = max(len(losses), 1)  # optimiser steps taken (a batch smaller than num_mini_batches takes fewer)
         out = {f"train/{k}": v / max(seq_total if "_seq:" + k in sums else weight_total, 1.0)
                for k, v in sums.items() if not k.startswith("_seq:")}
         out.update({f"train/{k}": v for k, v in maxima.items()})
@@ -178,10 +241,15 @@ class Trainer:
         out["train/lr"] = self.engine.lr()
         out["train/tokens"] = float(mask.sum())
         out["train/samples"] = float(B)
+        # padding share of the training passes' token slots (every rank plans the same, so this is the whole step's)
+        out["train/padding_frac"] = 1.0 - cfg.ppo_epochs * float(lengths.sum()) / max(self.slots, 1)
         lengths = mask.sum(1).float()
         out["response/length_mean"] = float(lengths.mean())
         out["response/length_max"] = float(lengths.max())
         out["train/rejected_frac"] = rejected / max(B, 1)
         out["reward/mean"] = float(batch.rewards.mean())
+        out["response/truncated_frac"] = float(batch.truncated.float().mean())
+        if penalty is not None:
+            out["reward/overlong_penalty"] = float(penalty.mean())
         out["reward/std"] = float(batch.rewards.std()) if B > 1 else 0.0
         return out

@@ -32,7 +32,8 @@ from gspo_async.protocol.messages import (
     TRANSIENT_CODES, Ack, ErrorReply, Goodbye, Heartbeat, HeartbeatAck, Lease, LeaseRequest, PromptLease,
     ProtocolError, Register, RolloutGroup, WeightVersion, Welcome)
 from gspo_async.protocol.sockets import HANDSHAKE_EVENTS, Waker, endpoint, parse_address
-from gspo_async.protocol.validate import ID_PATTERN, check_group
+from gspo_async.protocol.ids import MAX_ACTOR_ID_CHARS, id_problem, is_id
+from gspo_async.protocol.validate import check_group
 
 log = logging.getLogger("gspo_async.protocol.client")
 
@@ -83,8 +84,9 @@ class ActorClient:
                  on_ack: Optional[Callable[[str, str], None]] = None):
         self.host, self.port = parse_address(address)
         for name, value in (("actor_id", actor_id), ("engine", engine)):
-            if not isinstance(value, str) or not ID_PATTERN.fullmatch(value) or len(value) > 200:
-                raise ValueError(f"{name}={value!r} must be 1-200 printable ASCII characters without spaces")
+            problem = id_problem(value, MAX_ACTOR_ID_CHARS)
+            if problem is not None:
+                raise ValueError(f"{name}={value!r}: {problem} (at most {MAX_ACTOR_ID_CHARS} characters)")
         if not ack_timeout_s > 0:
             raise ValueError(f"ack_timeout_s must be > 0, got {ack_timeout_s}")
         self.actor_id = actor_id  # replaced by the id the learner assigns
@@ -98,6 +100,7 @@ class ActorClient:
         self.version = 0  # latest weight version the learner announced
         self.applied_version: Optional[int] = None  # weights this actor runs (reported in heartbeats)
         self.learner_session = ""
+        self.run_id = ""  # the training run of the latest Welcome ("" before it, or from a learner that names none)
         self.welcome: Optional[Welcome] = None
         self.limits = None
         self.last_lease_reason = ""
@@ -105,7 +108,7 @@ class ActorClient:
         self.counters: Counter[str] = Counter({k: 0 for k in (
             "pushed", "resent", "ack_timeouts", "ack_accepted", "ack_duplicate", "ack_dropped", "ack_retry_later",
             "rejected", "rolled_back", "errors", "bad_replies", "registrations", "learner_restarts", "reconnects",
-            "handshakes_failed", "lease_timeouts", "stats_errors")})
+            "handshakes_failed", "lease_timeouts", "stats_errors", "other_run")})
         self.rejected: deque[tuple[str, str, str]] = deque(maxlen=100)  # (group_id, code, message)
 
         self._lock = threading.Lock()
@@ -119,25 +122,38 @@ class ActorClient:
         self._connect_error: Optional[Exception] = None
         self._closing: Optional[Goodbye] = None
         self._stop = False
+        self._heard = time.monotonic()  # last message from the learner (creation time before the first)
         self._ctx = zmq.Context()
         self._waker = Waker(self._ctx)
         self._thread: Optional[threading.Thread] = None
 
     # ------------------------------------------------------------------------------------ actor's thread
-    def connect(self, timeout_s: float = 30.0) -> Welcome:
-        """Register with the learner; returns its Welcome. Raises RegistrationRefused or LearnerUnavailable."""
+    @property
+    def learner_silent_s(self) -> float:
+        """Seconds since the last message from the learner (since this client was made, before the first)."""
+        return time.monotonic() - self._heard
+
+    def connect(self, timeout_s: float = 30.0, stop: Optional[threading.Event] = None) -> Welcome:
+        """Register with the learner; returns its Welcome. Raises RegistrationRefused or LearnerUnavailable
+        (also, at once, when `stop` is set before a learner answered)."""
         if self._thread is not None:
             raise RuntimeError("connect() was already called on this client; make a new ActorClient to retry")
         self._thread = threading.Thread(target=self._run, name=f"actor-client-{self.actor_id}", daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + timeout_s
         with self._cond:
-            self._cond.wait_for(lambda: self.welcome is not None or self._connect_error is not None, timeout_s)
+            while self.welcome is None and self._connect_error is None and time.monotonic() < deadline:
+                if stop is not None and stop.is_set():
+                    break
+                self._cond.wait(min(0.2, max(deadline - time.monotonic(), 0.0)))  # slices: `stop` is checked
             error, welcome = self._connect_error, self.welcome
         if welcome is not None:
             return welcome
         self.close()
         if error is not None:
             raise error
+        if stop is not None and stop.is_set():
+            raise LearnerUnavailable(f"stopped before a learner at {self.host}:{self.port} answered")
         raise LearnerUnavailable(
             f"no answer from a learner at {self.host}:{self.port} within {timeout_s:g} s: check that the learner "
             "is running and the address is right; with CURVE keys, check actor.curve.server_public_key")
@@ -181,6 +197,8 @@ class ActorClient:
         a malformed group) and kept until acknowledged. Arrays of 1 MiB or more travel without a copy: do not
         modify them after pushing."""
         self._require_connected()
+        if not group.run_id:  # the run this group is made for: a learner of another run refuses it by name
+            group.run_id = self.run_id
         group = normalize_group(group, actor_id=self.actor_id)
         check_group(group, self.limits, max(self.version, self.applied_version or 0))
         frames = encode(group, frame_threshold=self.frame_threshold)
@@ -378,7 +396,7 @@ class ActorClient:
         for k, v in list(raw.items())[: self.limits.max_items]:
             if hasattr(v, "item"):
                 v = v.item()
-            if isinstance(k, str) and ID_PATTERN.fullmatch(k) and (v is None or type(v) in (int, float, bool, str)):
+            if is_id(k, self.limits.max_string_bytes) and (v is None or type(v) in (int, float, bool, str)):
                 out[k] = v if type(v) is not str else v[:200]
         return out
 
@@ -396,7 +414,7 @@ class ActorClient:
             except zmq.Again:
                 return
             now = time.monotonic()
-            self._last_recv = now
+            self._last_recv = self._heard = now
             try:
                 msg = decode_from_learner(frames)
             except ProtocolError as err:
@@ -434,12 +452,17 @@ class ActorClient:
         if self._registered and w.session == self.learner_session:
             return  # a second answer (to a retried Register) of a registration we already have
         restarted = self.welcome is not None and w.session != self.learner_session
+        other_run = restarted and bool(self.run_id) and w.run_id != self.run_id
         with self._cond:
+            previous_run = self.run_id
             self.actor_id, self.limits, self.learner_session = w.actor_id, w.limits, w.session
+            self.run_id = w.run_id
             self.welcome = w
             self._registered, self._register_due = True, None
             self._next_heartbeat = now + w.heartbeat_interval_s
-            if restarted:  # resumed from a checkpoint older than some of our weights: those groups cannot count
+            if other_run:  # a new training run on the same address: the old run's groups and leases mean nothing
+                self._discard_other_run(previous_run, w.run_id)
+            elif restarted:  # resumed from a checkpoint older than some of our weights: those groups cannot count
                 self._discard_rolled_back(w.version)
             self._fresh = deque(self._pending)  # resend everything unacked, in push order
             waiting = [waiter.request for waiter in self._waiters.values()]  # unanswered requests: again, once
@@ -448,6 +471,19 @@ class ActorClient:
             self.counters["learner_restarts"] += restarted
             self._cond.notify_all()
         self._set_version(w.version)
+
+    def _discard_other_run(self, old: str, new: str) -> None:
+        """Drop every unacknowledged group and spare lease of run `old`: the learner now runs `new`, which never
+        issued those prompts. Counted (`other_run`), said once. Call with the lock held."""
+        gone = list(self._pending)
+        for gid in gone:
+            self.rejected.append((gid, "other_run", f"made for run {old}; the learner now runs {new}"))
+        self._pending.clear()
+        self._spare = []
+        self.counters["other_run"] += len(gone)
+        log.warning("the learner at %s:%d now runs %s (was %s): dropped %d unacknowledged group(s) of the old run; "
+                    "registered afresh", self.host, self.port, new, old, len(gone))
+        self._cond.notify_all()
 
     def _discard_rolled_back(self, version: int) -> None:
         """Drop unacked groups made by weights newer than `version`, the version a restarted learner resumed at:

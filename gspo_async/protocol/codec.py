@@ -15,10 +15,15 @@ import numpy as np
 
 from gspo_async.protocol.messages import (
     SCHEMA_VERSION, TO_ACTOR, TO_LEARNER, Limits, ProtocolError, Response, RolloutGroup)
-from gspo_async.protocol.validate import ID_PATTERN, Context, read_message
+from gspo_async.protocol.fields import Context
+from gspo_async.protocol.ids import ID_RE
+from gspo_async.protocol.validate import read_message
 
 # Arrays this large go as separate frames: below ~1 MiB a bin field costs no more (measured, research/cpu.md §5).
 DEFAULT_FRAME_THRESHOLD = 1 << 20
+
+# Entries of one msgpack map or array when no limits are in force (an actor reading the learner's replies).
+MAX_CONTAINER_ITEMS = 1 << 20
 
 # Wire dtype of each array field, by field name (int32 for ids and spans, float32 for log-probs).
 ARRAY_FIELDS = {"tokens": "<i4", "prompt_tokens": "<i4", "version_spans": "<i4", "logprobs": "<f4"}
@@ -73,7 +78,7 @@ def _group_to_wire(g: RolloutGroup, extra: list, threshold: int, inline: list) -
             "responses": [{"tokens": array(r.tokens, "<i4", "tokens"), "logprobs": array(r.logprobs, "<f4", "logprobs"),
                            "reward": scalar(r.reward), "finish_reason": r.finish_reason,
                            "version_spans": array(r.version_spans, "<i4", "version_spans")} for r in g.responses],
-            "timings": {k: scalar(v) for k, v in g.timings.items()}}
+            "timings": {k: scalar(v) for k, v in g.timings.items()}, **({"run_id": g.run_id} if g.run_id else {})}
 
 
 def _array_to_wire(value: Any, dtype: str, name: str, extra: list, threshold: int, inline: list) -> Any:
@@ -120,11 +125,32 @@ def normalize_group(group: RolloutGroup, actor_id: Optional[str] = None) -> Roll
     responses = [Response(native(r.tokens, "<i4", "tokens"), native(r.logprobs, "<f4", "logprobs"), r.reward,
                           r.finish_reason, spans(r.version_spans)) for r in group.responses]
     return RolloutGroup(group.group_id, group.prompt_id, group.actor_id if actor_id is None else actor_id,
-                        native(group.prompt_tokens, "<i4", "prompt_tokens"), responses, dict(group.timings))
+                        native(group.prompt_tokens, "<i4", "prompt_tokens"), responses, dict(group.timings),
+                        group.run_id)
 
 
 def _no_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack extension type {code} is not part of the protocol")
+
+
+def _strict_map(pairs: list[tuple[Any, Any]]) -> dict:
+    """A msgpack map as the protocol allows it: str keys, each once (msgpack itself would keep the last of
+    duplicate keys and accept bin keys), and no Timestamp values (msgpack decodes that extension natively)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("duplicate map key")
+    for k, v in pairs:
+        if type(k) is not str:
+            raise ValueError(f"map key of type {type(k).__name__}")
+        if type(v) is msgpack.Timestamp:
+            raise ValueError("msgpack extension type -1 (Timestamp) is not part of the protocol")
+    return out
+
+
+def _strict_list(items: list) -> list:
+    if any(type(v) is msgpack.Timestamp for v in items):
+        raise ValueError("msgpack extension type -1 (Timestamp) is not part of the protocol")
+    return items
 
 
 def decode(frames: Sequence[Any], *, limits: Optional[Limits] = None, accept: Optional[dict[str, type]] = None) -> Any:
@@ -142,10 +168,17 @@ def decode(frames: Sequence[Any], *, limits: Optional[Limits] = None, accept: Op
     max_frames = 2 + 3 * limits.group_size if limits is not None else 4096
     if len(frames) > max_frames:
         raise ProtocolError("bad_frames", f"{len(frames)} frames, at most {max_frames} allowed")
+    # No map or array of a valid header has more entries than this: a header of 60 MB of nils is refused before
+    # msgpack allocates 8 bytes per nil (each msgpack length is checked before its container is built).
+    items = max(limits.max_lease_prompts, limits.max_items, limits.group_size, limits.max_meta_bytes) if limits \
+        else MAX_CONTAINER_ITEMS
     try:
-        body = msgpack.unpackb(_buf(frames[0]), raw=False, strict_map_key=True, ext_hook=_no_ext)
+        body = msgpack.unpackb(_buf(frames[0]), raw=False, strict_map_key=True, ext_hook=_no_ext,
+                               object_pairs_hook=_strict_map, list_hook=_strict_list,
+                               max_array_len=items, max_map_len=items)
     except Exception as err:  # msgpack raises many types for bad input; all mean the same here
-        raise ProtocolError("malformed", f"header is not valid msgpack ({type(err).__name__})") from None
+        raise ProtocolError("malformed", f"header is not valid msgpack ({type(err).__name__}: "
+                                         f"{str(err)[:80]})") from None
     if type(body) is not dict:
         raise ProtocolError("malformed", f"header must be a msgpack map, got {type(body).__name__}")
     msg_type = body.get("t")
@@ -158,7 +191,7 @@ def decode(frames: Sequence[Any], *, limits: Optional[Limits] = None, accept: Op
                             rid=rid)
     ref = body.get("group_id") if msg_type == "rollout_group" else ""
     if not (type(ref) is str and len(ref) <= (limits.max_string_bytes if limits else 4096)
-            and ID_PATTERN.fullmatch(ref)):
+            and ID_RE.fullmatch(ref)):
         ref = ""
     ctx = Context(limits, frames=frames[1:], msg_type=msg_type, ref=ref, rid=rid)
     return read_message(msg_type, body, ctx)

@@ -11,24 +11,25 @@ Units: times in seconds, token ids int32, log-probabilities float32 natural-log,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Optional
 
 import numpy as np
 
+from gspo_async.protocol.fields import (  # ProtocolError is re-exported: callers import it from here
+    ActorId, Array, Bool, BytesMap, Float, FloatMap, Free, HostPort, Id, Int, ListOf, ProtocolError, Scalars, Str,
+    Struct, wire)
+
 SCHEMA_VERSION: int = 1
+RID_MAX = 2**31 - 1
 
 FINISH_REASONS = ("stop", "length", "abort")
 ACK_STATUSES = ("accepted", "duplicate", "dropped", "retry_later")
-LEASE_REASONS = ("", "admission", "exhausted")
-
-
-class ProtocolError(ValueError):
-    """A message that breaks the protocol. `code` is one of ERROR_CODES; `ref` names the group when known."""
-
-    def __init__(self, code: str, message: str, ref: str = "", msg_type: str = "", rid: int = 0):
-        super().__init__(f"{code}: {message}")
-        self.code, self.message, self.ref, self.msg_type, self.rid = code, message, ref, msg_type, rid
+LEASE_REASONS = ("", "admission", "exhausted", "actor_cap")
+STATUS_PAGE_MAX = 100  # actors per status reply
+# Rewards become float32 and feed group statistics that square deviations (variance): far inside float32's range
+# (3.4e38) so that every statistic of a batch stays finite; a reward of 1e308 is refused, not trained on.
+MAX_ABS_REWARD = 1e9
 
 
 # Error codes sent in ErrorReply.code. Transient ones mean "fix the session and resend"; every other code is final
@@ -43,16 +44,19 @@ ERROR_CODES = {
     "length_mismatch": "tokens and logprobs of a response differ in length",
     "out_of_vocab": "a token id is negative or >= limits.vocab_size",
     "bad_logprob": "a log-probability is NaN, infinite or positive",
-    "bad_number": "a reward or a timing is NaN or infinite",
+    "bad_number": "a reward or a timing is NaN, infinite or outside the float32 range, or a timing is negative",
     "group_size": "the number of responses differs from limits.group_size",
     "bad_spans": "version spans do not cover the response exactly, in order, without gaps",
-    "forged_version": "a span names a weight version newer than the learner's current version",
+    "forged_version": "a span or a heartbeat names a weight version newer than the learner's current version",
     "unknown_prompt": "the prompt id was never issued by this learner",
     "prompt_mismatch": "the prompt tokens differ from the leased prompt's",
+    "group_id_reused": "the group id was already used by an accepted group for another prompt",
+    "other_run": "the group was made for another training run than the learner's (an actor of a finished run)",
     "not_registered": "the sender has not registered (or was declared dead): send Register, then resend",
     "internal": "the learner failed while handling the message (a bug; the message may be resent)",
+    "rate_limited": "too many status requests: ask again later",
 }
-TRANSIENT_CODES = frozenset({"not_registered", "internal"})
+TRANSIENT_CODES = frozenset({"not_registered", "internal", "rate_limited"})
 
 
 class _Message:
@@ -84,15 +88,17 @@ def _same(a: Any, b: Any) -> bool:
 class Limits(_Message):
     """What the learner accepts. Sizes in tokens or bytes; `group_size` is G, responses per prompt."""
 
-    vocab_size: int
-    max_prompt_tokens: int
-    max_response_tokens: int
-    group_size: int
-    max_message_bytes: int = 64 << 20
-    max_meta_bytes: int = 64 << 10  # msgpack size of a lease's meta, a Welcome's config, an actor's stats
-    max_items: int = 64  # entries in stats / timings / capabilities maps
-    max_string_bytes: int = 256  # ids, names, reasons, map keys
-    max_lease_prompts: int = 1024  # prompts per LeaseRequest
+    vocab_size: int = wire(Int(1))
+    max_prompt_tokens: int = wire(Int(1))
+    max_response_tokens: int = wire(Int(1))
+    group_size: int = wire(Int(1))
+    # every limit is required on the wire (an actor must not guess the learner's); the defaults serve Python callers
+    max_message_bytes: int = wire(Int(1), 64 << 20, required=True)
+    # msgpack size of a lease's meta, a Welcome's config, an actor's stats
+    max_meta_bytes: int = wire(Int(1), 64 << 10, required=True)
+    max_items: int = wire(Int(1), 64, required=True)  # entries in stats / timings / capabilities maps
+    max_string_bytes: int = wire(Int(1), 256, required=True)  # ids, names, reasons, map keys
+    max_lease_prompts: int = wire(Int(1), 1024, required=True)  # prompts per LeaseRequest
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -107,10 +113,10 @@ class Limits(_Message):
 class PromptLease(_Message):
     """One leased prompt. tokens: int32 [prompt_len]."""
 
-    prompt_id: int
-    tokens: np.ndarray
-    answer: str
-    meta: dict[str, Any] = field(default_factory=dict)
+    prompt_id: int = wire(Int())
+    tokens: np.ndarray = wire(Array("<i4", lambda L: L.max_prompt_tokens))
+    answer: str = wire(Str(max_bytes=1 << 20))
+    meta: dict[str, Any] = wire(Free(lambda L: L.max_meta_bytes), factory=dict, required=True)
 
 
 @dataclass(eq=False)
@@ -122,11 +128,11 @@ class Response(_Message):
     token positions [start, end) produced by weights `version`, covering 0..n in order.
     """
 
-    tokens: np.ndarray
-    logprobs: np.ndarray
-    reward: float
-    finish_reason: str
-    version_spans: np.ndarray
+    tokens: np.ndarray = wire(Array("<i4", lambda L: L.max_response_tokens))
+    logprobs: np.ndarray = wire(Array("<f4", lambda L: L.max_response_tokens))
+    reward: float = wire(Float(-MAX_ABS_REWARD, MAX_ABS_REWARD, code="bad_number", range_code="bad_number"))
+    finish_reason: str = wire(Str(FINISH_REASONS))
+    version_spans: np.ndarray = wire(Array("<i4", lambda L: 3 * L.max_response_tokens, width=3))
 
     @classmethod
     def single_version(cls, tokens: Any, logprobs: Any, reward: float, finish_reason: str,
@@ -150,12 +156,14 @@ class RolloutGroup(_Message):
     """G responses to one leased prompt. prompt_tokens: int32 [prompt_len]; timings: seconds by name."""
 
     TYPE: ClassVar[str] = "rollout_group"
-    group_id: str
-    prompt_id: int
-    actor_id: str
-    prompt_tokens: np.ndarray
-    responses: list[Response]
-    timings: dict[str, float] = field(default_factory=dict)
+    group_id: str = wire(Id())
+    prompt_id: int = wire(Int())
+    actor_id: str = wire(Id())
+    prompt_tokens: np.ndarray = wire(Array("<i4", lambda L: L.max_prompt_tokens))
+    responses: list[Response] = wire(ListOf(Struct(Response), lambda L: L.group_size, code="group_size"))
+    timings: dict[str, float] = wire(FloatMap(Float(0.0, code="bad_number", f32=True, range_code="bad_number")),
+                                     factory=dict)
+    run_id: str = wire(Str(max_bytes=64), "")  # the run the group was made for (the Welcome's); "" = not said
 
     @property
     def min_version(self) -> int:
@@ -182,12 +190,12 @@ class Register(_Message):
     process (keeps its leases) from a second process that asks for the same actor id (gets a new id)."""
 
     TYPE: ClassVar[str] = "register"
-    actor_id: str
-    instance: str
-    engine: str
-    capabilities: dict[str, Any] = field(default_factory=dict)
-    want_files: bool = True
-    rid: int = 0
+    actor_id: str = wire(ActorId())
+    instance: str = wire(Id())
+    engine: str = wire(Id())
+    capabilities: dict[str, Any] = wire(Scalars(), factory=dict)
+    want_files: bool = wire(Bool(), True)
+    rid: int = wire(Int(0, RID_MAX), 0)
 
 
 @dataclass(eq=False)
@@ -195,16 +203,20 @@ class Welcome(_Message):
     """The learner's answer to Register: everything a remote actor needs besides host:port."""
 
     TYPE: ClassVar[str] = "welcome"
-    actor_id: str  # the id the learner assigned (the requested one unless another live actor holds it)
-    session: str  # random per LearnerServer: changes when the learner restarts
-    version: int  # current weight version
-    config: dict[str, Any]
-    model_files: dict[str, bytes]  # file name -> content (config, tokenizer); empty when want_files was false
-    weight_store: Optional[tuple[str, int]]  # (host, port) of the weight broadcast rendezvous
-    heartbeat_interval_s: float
-    lease_timeout_s: float
-    limits: Limits
-    rid: int = 0
+    # the id the learner assigned (the requested one unless another live actor holds it)
+    actor_id: str = wire(ActorId())
+    session: str = wire(Id())  # random per LearnerServer: changes when the learner restarts
+    version: int = wire(Int())  # current weight version
+    config: dict[str, Any] = wire(Free())  # the run config an actor needs (no secrets, no learner-only paths)
+    # file name -> content (config, tokenizer); empty when want_files was false
+    model_files: dict[str, bytes] = wire(BytesMap())
+    weight_store: Optional[tuple[str, int]] = wire(HostPort())  # (host, port) of the weight broadcast rendezvous
+    heartbeat_interval_s: float = wire(Float(1e-3, 3600.0))
+    lease_timeout_s: float = wire(Float(1e-3, 1e7))
+    limits: Limits = wire(Struct(Limits))
+    rid: int = wire(Int(0, RID_MAX), 0, required=True)
+    # the training run (kept across resumes; a new run on the same address has another): groups carry it back
+    run_id: str = wire(Str(max_bytes=64), "")
 
 
 @dataclass(eq=False)
@@ -213,10 +225,10 @@ class LeaseRequest(_Message):
     closed. `returned` hands back leased prompt ids this actor will not finish."""
 
     TYPE: ClassVar[str] = "lease_request"
-    n: int
-    wait_s: float = 0.0
-    returned: list[int] = field(default_factory=list)
-    rid: int = 0
+    n: int = wire(Int(0, 2**31 - 1))
+    wait_s: float = wire(Float(0.0, 3600.0), 0.0)
+    returned: list[int] = wire(ListOf(Int(), lambda L: L.max_lease_prompts), factory=list)
+    rid: int = wire(Int(0, RID_MAX), 0)
 
 
 @dataclass(eq=False)
@@ -224,11 +236,13 @@ class Lease(_Message):
     """Leased prompts (possibly none, with `reason`), valid for `expires_in_s` seconds from receipt."""
 
     TYPE: ClassVar[str] = "lease"
-    prompts: list[PromptLease]
-    expires_in_s: float
-    version: int
-    reason: str = ""  # "" | "admission" (closed until the next version) | "exhausted" (no prompts left)
-    rid: int = 0
+    prompts: list[PromptLease] = wire(ListOf(Struct(PromptLease)))
+    expires_in_s: float = wire(Float(0.0, 1e7))
+    version: int = wire(Int())
+    # "" | "admission" (closed until the next version) | "exhausted" (no prompts left) | "actor_cap" (this actor
+    # holds its fair share of the admission capacity already)
+    reason: str = wire(Str(LEASE_REASONS), "")
+    rid: int = wire(Int(0, RID_MAX), 0, required=True)
 
 
 @dataclass(eq=False)
@@ -236,9 +250,9 @@ class Ack(_Message):
     """Final answer for a group (`retry_later`: keep it and resend after `retry_after_s`)."""
 
     TYPE: ClassVar[str] = "ack"
-    group_id: str
-    status: str
-    retry_after_s: float = 0.0
+    group_id: str = wire(Id())
+    status: str = wire(Str(ACK_STATUSES))
+    retry_after_s: float = wire(Float(0.0, 3600.0), 0.0)
 
 
 @dataclass(eq=False)
@@ -246,18 +260,18 @@ class Heartbeat(_Message):
     """Liveness plus the actor's statistics. version: weights the actor has applied."""
 
     TYPE: ClassVar[str] = "heartbeat"
-    version: int
-    stats: dict[str, Any] = field(default_factory=dict)
-    unacked: int = 0
-    rid: int = 0
+    version: int = wire(Int())
+    stats: dict[str, Any] = wire(Scalars(), factory=dict)
+    unacked: int = wire(Int(), 0)
+    rid: int = wire(Int(0, RID_MAX), 0)
 
 
 @dataclass(eq=False)
 class HeartbeatAck(_Message):
     TYPE: ClassVar[str] = "heartbeat_ack"
-    version: int
-    session: str
-    rid: int = 0
+    version: int = wire(Int())
+    session: str = wire(Id())
+    rid: int = wire(Int(0, RID_MAX), 0, required=True)
 
 
 @dataclass(eq=False)
@@ -265,8 +279,8 @@ class Goodbye(_Message):
     """The actor leaves; every lease it holds goes back to the front of the queue."""
 
     TYPE: ClassVar[str] = "goodbye"
-    reason: str = ""
-    return_leases: list[int] = field(default_factory=list)
+    reason: str = wire(Str(), "")
+    return_leases: list[int] = wire(ListOf(Int(), lambda L: L.max_lease_prompts), factory=list)
 
 
 @dataclass(eq=False)
@@ -274,8 +288,8 @@ class WeightVersion(_Message):
     """Announcement of a new weight version (the weights themselves travel over torch.distributed)."""
 
     TYPE: ClassVar[str] = "weight_version"
-    version: int
-    session: str
+    version: int = wire(Int())
+    session: str = wire(Id())
 
 
 @dataclass(eq=False)
@@ -284,10 +298,10 @@ class ErrorReply(_Message):
     request id of the rejected request when readable."""
 
     TYPE: ClassVar[str] = "error"
-    code: str
-    message: str
-    ref: str = ""
-    rid: int = 0
+    code: str = wire(Str(tuple(ERROR_CODES)))
+    message: str = wire(Str(max_bytes=4096))
+    ref: str = wire(Str(), "")
+    rid: int = wire(Int(0, RID_MAX), 0)
 
 
 @dataclass(eq=False)
@@ -296,7 +310,10 @@ class StatusRequest(_Message):
     security handshake may ask (`gspo-async status`)."""
 
     TYPE: ClassVar[str] = "status_request"
-    rid: int = 0
+    rid: int = wire(Int(0, RID_MAX), 0)
+    # paging of the actor list (a fleet of thousands must not cost a reply of megabytes)
+    offset: int = wire(Int(0, 2**31 - 1), 0)
+    limit: int = wire(Int(1, STATUS_PAGE_MAX), STATUS_PAGE_MAX)
 
 
 @dataclass(eq=False)
@@ -305,16 +322,16 @@ class ActorStatus(_Message):
     generation rate (0 when it reported none); leases: prompts it holds; last_contact_s / registered_s: seconds
     since its last message / its registration; address: its IP as the learner saw it ("" when unknown)."""
 
-    actor_id: str
-    engine: str
-    version: int
-    tokens_per_s: float
-    leases: int
-    last_contact_s: float
-    registered_s: float = 0.0
-    groups_accepted: int = 0
-    unacked: int = 0
-    address: str = ""
+    actor_id: str = wire(ActorId())
+    engine: str = wire(Id())
+    version: int = wire(Int())
+    tokens_per_s: float = wire(Float(0.0))
+    leases: int = wire(Int())
+    last_contact_s: float = wire(Float(0.0))
+    registered_s: float = wire(Float(0.0), 0.0)
+    groups_accepted: int = wire(Int(), 0)
+    unacked: int = wire(Int(), 0)
+    address: str = wire(Str(), "")
 
 
 @dataclass(eq=False)
@@ -327,12 +344,14 @@ class StatusReply(_Message):
     """
 
     TYPE: ClassVar[str] = "status"
-    session: str
-    version: int
-    actors: list[ActorStatus]
-    accounting: dict[str, Any] = field(default_factory=dict)
-    counters: dict[str, Any] = field(default_factory=dict)
-    rid: int = 0
+    session: str = wire(Id())
+    version: int = wire(Int())
+    actors: list[ActorStatus] = wire(ListOf(Struct(ActorStatus), lambda L: STATUS_PAGE_MAX))
+    accounting: dict[str, Any] = wire(Scalars(), factory=dict)
+    counters: dict[str, Any] = wire(Scalars(), factory=dict)
+    rid: int = wire(Int(0, RID_MAX), 0, required=True)
+    total_actors: int = wire(Int(), 0)  # live actors in all; `actors` is the page [offset, offset + limit)
+    offset: int = wire(Int(), 0)
 
 
 TO_LEARNER: dict[str, type] = {c.TYPE: c for c in (Register, LeaseRequest, RolloutGroup, Heartbeat, Goodbye,

@@ -33,8 +33,34 @@ def task_from_config(task_cfg: Any) -> Task:
     options = dict(task_cfg.options)
     if task_cfg.name in ("jsonl", "hf"):
         options.update(path=task_cfg.path, prompt_key=task_cfg.prompt_key, answer_key=task_cfg.answer_key)
+        if getattr(task_cfg, "messages_key", "messages") != "messages":
+            options["messages_key"] = task_cfg.messages_key
+        if getattr(task_cfg, "prompt_template", None) is not None:
+            options["prompt_template"] = task_cfg.prompt_template
+    elif getattr(task_cfg, "prompt_template", None) is not None:
+        raise ValueError(f"task.prompt_template applies to the jsonl and hf tasks, not {task_cfg.name!r}")
     options.setdefault("eval_size", task_cfg.eval_size)
     return get_task(task_cfg.name, **options)
 
 
-__all__ = ["PromptItem", "Task", "TASK_NAMES", "get_task", "task_from_config"]
+def reward_specs_from_config(task_cfg: Any, task: Task) -> list[Any]:
+    """The reward functions of a run: ``task.rewards`` when given, else ``task.reward`` (its default 'exact'
+    stands for the task's own checker, e.g. 'math' for a math dataset)."""
+    from gspo_async.tasks.scoring import RewardSpec
+
+    if getattr(task_cfg, "rewards", None):
+        return [RewardSpec(r.fn, r.weight, r.name) for r in task_cfg.rewards]
+    return [RewardSpec(task_cfg.reward if task_cfg.reward != "exact" else task.reward_fn)]
+
+
+def reward_runner_from_config(task_cfg: Any, task: Task) -> Any:
+    """The RewardRunner a config's ``task`` section describes (the learner, every actor and preflight agree)."""
+    from gspo_async.tasks.scoring import RewardRunner
+
+    return RewardRunner(reward_specs_from_config(task_cfg, task), timeout_s=task_cfg.reward_timeout_s,
+                        workers=getattr(task_cfg, "reward_workers", 1), answer_key=task_cfg.answer_key,
+                        data_source=task.name)
+
+
+__all__ = ["PromptItem", "Task", "TASK_NAMES", "get_task", "reward_runner_from_config", "reward_specs_from_config",
+           "task_from_config"]

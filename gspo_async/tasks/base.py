@@ -19,13 +19,13 @@ class PromptItem:
     """One prompt with its reference answer.
 
     index: stable id of the item inside its task (the same prompt always has the same index), used for leases.
-    prompt: the text shown to the model (before any chat template).
+    prompt: the text shown to the model (before any chat template), or a chat: [{"role", "content"}, ...].
     answer: the reference answer the reward function compares against.
     meta: free-form extras handed to the reward function (e.g. the operands).
     """
 
     index: int
-    prompt: str
+    prompt: str | list[dict[str, str]]
     answer: str
     meta: dict[str, Any] = field(default_factory=dict)
 

@@ -35,10 +35,11 @@ def _load_split(path: str, name: str | None, split: str, data_files: Any) -> Any
 
 
 def _items(
-    rows: Any, prompt_key: str, answer_key: str, template: str | None, first: int, label: str
+    rows: Any, prompt_key: str, answer_key: str, template: str | None, first: int, label: str,
+    messages_key: str = "messages",
 ) -> list[PromptItem]:
     return [
-        record_to_item(dict(row), first + i, prompt_key, answer_key, template, f"{label} row {i}")
+        record_to_item(dict(row), first + i, prompt_key, answer_key, template, f"{label} row {i}", messages_key)
         for i, row in enumerate(rows)
     ]
 
@@ -47,6 +48,7 @@ class HFDatasetTask(RecordTask):
     """path: dataset name, local dataset directory or loader ('json', 'parquet' with data_files); name: its config.
 
     split / eval_split: training and held-out splits (without eval_split, `eval_size` rows are split off).
+    messages_key: the column of chat-format rows ([{role, content}, ...]), used when a row has no prompt_key.
     Example (GSM8K, once cached): get_task('hf', path='openai/gsm8k', name='main', prompt_key='question',
     answer_key='answer', eval_split='test', reward='math').
     """
@@ -64,11 +66,13 @@ class HFDatasetTask(RecordTask):
         split_seed: int = 1234,
         reward: str = "exact",
         data_files: Any = None,
+        messages_key: str = "messages",
     ) -> None:
         rows = _load_split(path, name, split, data_files)
-        train = _items(rows, prompt_key, answer_key, prompt_template, 0, f"{path}[{split}]")
+        train = _items(rows, prompt_key, answer_key, prompt_template, 0, f"{path}[{split}]", messages_key)
         evals = None
         if eval_split is not None:
             eval_rows = _load_split(path, name, eval_split, data_files)
-            evals = _items(eval_rows, prompt_key, answer_key, prompt_template, len(train), f"{path}[{eval_split}]")
+            evals = _items(eval_rows, prompt_key, answer_key, prompt_template, len(train), f"{path}[{eval_split}]",
+                           messages_key)
         super().__init__(train, evals, eval_size, split_seed, reward, name="hf")

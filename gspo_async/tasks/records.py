@@ -6,34 +6,46 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from gspo_async.tasks.base import PromptItem, Task, epoch_stream, split_indices
+from gspo_async.tasks.prompting import check_chat
 
 
 def record_to_item(
-    record: dict[str, Any], index: int, prompt_key: str, answer_key: str, prompt_template: str | None, where: str
+    record: dict[str, Any], index: int, prompt_key: str, answer_key: str, prompt_template: str | None, where: str,
+    messages_key: str = "messages",
 ) -> PromptItem:
     """One record as a PromptItem. `where` names the record in errors (e.g. 'data.jsonl line 7').
 
-    The prompt is record[prompt_key], or prompt_template.format(**record) when a template is given; the answer is
-    str(record[answer_key]); every other field goes to meta.
+    The prompt is prompt_template.format(**record) when a template is given, else record[prompt_key], else the
+    chat record[messages_key] ([{role, content}, ...]; a final assistant message is the answer when the record
+    has no answer field). The answer is str(record[answer_key]); every other field goes to meta.
     """
     if not isinstance(record, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    for key in ((answer_key,) if prompt_template else (prompt_key, answer_key)):
-        if key not in record:
-            raise ValueError(f"{where}: no field {key!r} (fields: {sorted(record)}); set prompt_key / answer_key")
-    if prompt_template is not None:
-        try:
-            prompt = prompt_template.format(**record)
-        except (KeyError, IndexError) as e:
-            raise ValueError(f"{where}: prompt_template needs field {e} which the record lacks") from e
+    chat = prompt_template is None and prompt_key not in record and messages_key in record
+    answer = record.get(answer_key)
+    if chat:
+        messages = check_chat(record[messages_key], f"{where} field {messages_key!r}")
+        if answer_key not in record and messages[-1]["role"] == "assistant" and len(messages) > 1:
+            messages, answer = messages[:-1], messages[-1]["content"]
+        prompt: Any = messages
     else:
-        prompt = record[prompt_key]
-    if not isinstance(prompt, str) or not prompt:
-        raise ValueError(f"{where}: the prompt must be a non-empty string, got {prompt!r:.60}")
-    answer = record[answer_key]
+        for key in ((answer_key,) if prompt_template else (prompt_key, answer_key)):
+            if key not in record:
+                raise ValueError(f"{where}: no field {key!r} (fields: {sorted(record)}); set prompt_key / "
+                                 f"answer_key, or give chat records a {messages_key!r} field")
+        if prompt_template is not None:
+            try:
+                prompt = prompt_template.format(**record)
+            except (KeyError, IndexError) as e:
+                raise ValueError(f"{where}: prompt_template needs field {e} which the record lacks") from e
+        else:
+            prompt = record[prompt_key]
+        if not isinstance(prompt, str) or not prompt:
+            raise ValueError(f"{where}: the prompt must be a non-empty string, got {prompt!r:.60}")
     if isinstance(answer, (dict, list)) or answer is None:
-        raise ValueError(f"{where}: the answer must be a string or a number, got {type(answer).__name__}")
-    meta = {k: v for k, v in record.items() if k not in (prompt_key, answer_key)}
+        got = "nothing" if answer is None else type(answer).__name__
+        raise ValueError(f"{where}: the answer ({answer_key!r}) must be a string or a number, got {got}")
+    meta = {k: v for k, v in record.items() if k not in (prompt_key, answer_key, messages_key)}
     return PromptItem(index=index, prompt=prompt, answer=str(answer), meta=meta)
 
 

@@ -1,99 +1,133 @@
-"""Prometheus text exposition (format 0.0.4) of a registry, served by a stdlib HTTP thread.
+"""Prometheus export of a registry through ``prometheus-client``: a custom collector over the registry's snapshot.
 
-Mapping (contract): ``gspo_`` + the name with dots and slashes turned into underscores.
-- gauges and counters: one sample, ``gspo_train_loss 0.41``;
-- histogram-lists: one sample per bin, labelled by the bin (``lag="2"`` or ``length="64-127"``), typed counter
-  because the counts are cumulative;
+Mapping (contract, names from `names.prometheus_name`):
+- gauges: ``gspo_train_loss 0.41``;
+- counters: ``gspo_staleness_dropped_total 24`` (prometheus-client adds the ``_total`` suffix counters carry);
+- histogram-lists: real Prometheus histograms, cumulative ``le`` buckets plus ``_count`` (and ``_sum`` where the
+  bins give it exactly), so ``histogram_quantile`` works: ``gspo_staleness_bucket{le="1"}`` counts trained groups of
+  lag <= 1. A lag bucket's ``le`` is the lag; a length bucket's ``le`` is the largest token count of its bin
+  (2^b - 1, see `names.length_bin`), so ``gspo_response_length_trained_bucket{le="15"}`` counts responses of at
+  most 15 tokens. ``gspo_staleness_tokens`` weighs each lag by tokens (its buckets count tokens);
 - per-actor metrics: one family per suffix, labelled by actor, ``gspo_actor_tokens_per_s{actor="a1"} 812``.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from typing import Iterator, Protocol
 
-from gspo_async.telemetry.names import COUNTER, HIST, bin_label, lookup, prometheus_name, split_actor_name
+from prometheus_client import start_http_server
+from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily, Metric)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-if TYPE_CHECKING:
-    from gspo_async.telemetry.registry import MetricRegistry
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
+from gspo_async.telemetry.names import (COUNTER, HIST, LAG_BINS, LENGTH_BINS, N_LENGTH_BINS, bin_upper, lookup,
+                                        prometheus_name, split_actor_name)
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+class Snapshots(Protocol):
+    """What the export reads: a `MetricRegistry` (typed structurally, so this module does not import the registry
+    that imports it)."""
+
+    def snapshot(self) -> dict[str, float | list[float]]: ...
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
+def _le(bound: float) -> str:
+    return "+Inf" if math.isinf(bound) else f"{bound:g}"
 
 
-def render(values: dict[str, float | list[float]]) -> str:
-    """Prometheus text of a snapshot; families sorted by name, each with HELP and TYPE."""
-    families: dict[str, tuple[str, str, list[str]]] = {}  # prom name -> (type, help, sample lines)
+def histogram_buckets(name: str, counts: list[float]) -> tuple[list[tuple[str, float]], float | None]:
+    """Cumulative ``(le, count)`` buckets of a histogram-list's per-bin counts, ending with ``+Inf``, and the
+    ``_sum`` of the observed values when the bins give it exactly (lag bins: each bin is one value), else None.
+
+    >>> histogram_buckets("staleness/hist", [5, 0, 1])
+    ([('0', 5.0), ('1', 5.0), ('2', 6.0), ('+Inf', 6.0)], 2.0)
+    """
+    spec = lookup(name)
+    if spec.kind != HIST:
+        raise ValueError(f"{name!r} is a {spec.kind}, not a histogram-list")
+    if spec.bins == LENGTH_BINS:  # every length bucket on every scrape, so quantiles over time see one layout
+        counts = list(counts) + [0.0] * (N_LENGTH_BINS - len(counts))
+    buckets: list[tuple[str, float]] = []
+    total = 0.0
+    for i, c in enumerate(counts):
+        total += c if math.isfinite(c) else 0.0
+        upper = bin_upper(spec, i)
+        if math.isinf(upper):
+            break  # the open last bin is the +Inf bucket
+        buckets.append((_le(upper), total))
+    buckets.append(("+Inf", float(sum(c for c in counts if math.isfinite(c)))))
+    exact_sum = float(sum(i * c for i, c in enumerate(counts) if math.isfinite(c))) if spec.bins == LAG_BINS else None
+    return buckets, exact_sum
+
+
+def families(values: dict[str, float | list[float]]) -> list[Metric]:
+    """prometheus-client metric families of a registry snapshot, sorted by exported name."""
+    out: dict[str, Metric] = {}
     for name in sorted(values):
         spec = lookup(name)
         prom = prometheus_name(name)
-        ptype = "counter" if spec.kind in (COUNTER, HIST) else "gauge"
         unit = f" ({spec.unit})" if spec.unit else ""
-        _, _, lines = families.setdefault(prom, (ptype, spec.description + unit, []))
+        doc = f"{spec.description}{unit}; window: {spec.window}"
         value = values[name]
         actor = split_actor_name(name)
+        labels = ["actor"] if actor is not None else []
+        family = out.get(prom)
+        if family is None:
+            if spec.kind == HIST:
+                family = HistogramMetricFamily(prom, doc, labels=labels)
+            elif spec.kind == COUNTER:
+                family = CounterMetricFamily(prom, doc, labels=labels)
+            else:
+                family = GaugeMetricFamily(prom, doc, labels=labels)
+            out[prom] = family
+        label_values = [actor[0]] if actor is not None else []
         if spec.kind == HIST:
-            for i, count in enumerate(value):  # type: ignore[arg-type]
-                lines.append(f'{prom}{{{spec.bins}="{_label(bin_label(spec, i))}"}} {_number(count)}')
-        elif actor is not None:
-            lines.append(f'{prom}{{actor="{_label(actor[0])}"}} {_number(value)}')  # type: ignore[arg-type]
+            buckets, total = histogram_buckets(name, list(value))  # type: ignore[arg-type]
+            family.add_metric(label_values, buckets, total)  # type: ignore[call-arg]
         else:
-            lines.append(f"{prom} {_number(value)}")  # type: ignore[arg-type]
-    out: list[str] = []
-    for prom in sorted(families):
-        ptype, help_text, lines = families[prom]
-        out.append(f"# HELP {prom} {_escape_help(help_text)}")
-        out.append(f"# TYPE {prom} {ptype}")
-        out.extend(lines)
-    return "\n".join(out) + "\n"
+            family.add_metric(label_values, float(value))  # type: ignore[arg-type]
+    return [out[k] for k in sorted(out)]
+
+
+class RegistryCollector:
+    """A prometheus-client collector that answers every scrape from the registry's current snapshot."""
+
+    def __init__(self, registry: Snapshots) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(self.registry.snapshot())
+
+
+def render(values: dict[str, float | list[float]]) -> str:
+    """Prometheus text (format 0.0.4) of a snapshot, as prometheus-client writes it."""
+
+    class _Snapshot:
+        def collect(self) -> Iterator[Metric]:
+            yield from families(values)
+
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Snapshot())
+    return generate_latest(reg).decode()
 
 
 class PrometheusServer:
-    """``GET /metrics`` (also ``/``) answers the registry's current values; runs on a daemon thread."""
+    """prometheus-client's HTTP server (``/metrics``; any path answers the metrics) over one registry, on a daemon
+    thread. ``.port`` is the bound port; ``.close()`` stops it."""
 
-    def __init__(self, registry: "MetricRegistry", host: str, port: int) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (stdlib name)
-                if self.path.split("?")[0] not in ("/metrics", "/"):
-                    self.send_error(404, "Prometheus metrics are at /metrics")
-                    return
-                body = render(registry.snapshot()).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:  # scrapes every few seconds: keep stderr quiet
-                pass
-
+    def __init__(self, registry: Snapshots, host: str, port: int) -> None:
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(RegistryCollector(registry))
         try:
-            self._server = ThreadingHTTPServer((host, port), Handler)
+            self._server, self._thread = start_http_server(port, addr=host, registry=self._registry)
         except OSError as err:
             raise OSError(f"cannot serve Prometheus metrics on {host}:{port}: {err}. Pick a free port "
                           "(telemetry.prometheus_port, 0 = any free port)") from err
-        self._server.daemon_threads = True
         self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="prometheus",
-                                        daemon=True)
-        self._thread.start()
 
     def close(self) -> None:
         self._server.shutdown()

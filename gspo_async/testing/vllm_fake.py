@@ -1,15 +1,22 @@
 """A CPU test double of vLLM's `AsyncLLM`: exactly the subset `VLLMEngine` calls, over a small transformers model.
 
 This is a test double, not an inference engine. vLLM needs a CUDA machine and cannot be installed on the CPU
-machines that run CI, yet the adapter in vllm.py (pause/update/resume sequencing, version tracking, abort and
-resubmit, logprob extraction, timeouts, the NCCL rendezvous) is where the bugs would be. `actor.engine: vllm-fake`
-builds `VLLMEngine` over `FakeAsyncLLM`, so CI runs that adapter code unchanged.
+machines that run CI, yet the adapter in engines/vllm*.py (pause/update/resume sequencing, version tracking, abort
+and resubmit, logprob extraction, timeouts, the NCCL rendezvous) is where the bugs would be. Tests and tools build
+`VLLMEngine(..., api=fake_api(version))`, so CI runs that adapter code unchanged; the worker side (the production
+`GSPOWorkerExtension` over stand-ins of the vLLM functions it imports) is in vllm_fake_worker.py.
 
 What it reproduces, per emulated version (`vllm_version`, default 0.24.0), from vLLM's documented behaviour:
 - `generate(prompt, sampling_params, request_id)`: an async iterator of RequestOutput-like objects whose single
   CompletionOutput has token_ids, logprobs as [{token_id: Logprob(logprob=...)}], finish_reason ('stop' with the
   EOS token included, 'length', 'abort'); output kinds DELTA / CUMULATIVE / FINAL_ONLY; `weight_versions` spans
-  (label, start, end) over output indexes from 0.32.
+  (label, start, end) over output indexes from 0.32. DELTA logprobs are sliced as each release does: before 0.29
+  `history[-len(token_ids):]`, so an output with no new tokens (an aborted request's last) carries the whole
+  history; from 0.29 only the new tokens' entries.
+- closing the iterator of an unfinished request, or cancelling its consumer, aborts it (`abort`), as vLLM's
+  generate does in its GeneratorExit / CancelledError branch; aborts of requests that had already finished are
+  counted in `aborts_of_finished` (an adapter that leaves finished generators to the garbage collector sends
+  them).
 - continuous batching: one scheduler task advances every running request by one token per step; requests are
   independent (own KV cache), so batch composition never changes results.
 - logprobs_mode: processed_logprobs = log softmax(logits / T), raw_logprobs = log softmax(logits); greedy at T = 0.
@@ -21,31 +28,28 @@ What it reproduces, per emulated version (`vllm_version`, default 0.24.0), from 
   keys, over a gloo group in place of NCCL (`fake_trainer_init` is the learner's end); collective_rpc into a
   worker carrying the configured `worker_extension_cls`, with arguments round-tripped through msgpack like vLLM's.
 - a generation step while a reload is active fails loudly: vLLM would silently sample from half-loaded weights.
-What it does not model: paged KV and prefix caching (cache_salt is recorded, not used), CUDA graphs, tensor
-parallelism, packed NCCL buffers, speed.
+What it does not model: vLLM's model runners (0.24's V1 runner and 0.33's Model Runner V2 are different code
+paths; here one transformers forward per step), paged KV and prefix caching (cache_salt is recorded, not used),
+CUDA graphs, tensor parallelism, packed NCCL buffers, speed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import enum
-import importlib
-import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import torch
 
-from gspo_async.engines.vllm import VLLMApi, parse_version
+from gspo_async.engines.vllm_api import VLLMApi, VLLMFeatures, parse_version
+from gspo_async.testing.vllm_fake_worker import (FakeModel, build_worker, fake_trainer_init, in_thread, round_trip,
+                                                 vllm_stand_ins)
 
-COLLECTIVE_TIMEOUT_S = 20.0  # gloo timeout of the stand-in weight group (a blocked collective ends after this)
 
 
 class RetryableRequestError(Exception):
@@ -128,164 +132,6 @@ class WeightTransferConfig:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Stand-in NCCL group (gloo), both ends
-# ------------------------------------------------------------------------------------------------------------------
-
-
-class _GlooGroup:
-    """PyNcclCommunicator's `broadcast(tensor, src, stream)` over a gloo group built on a TCPStore."""
-
-    def __init__(self, host: str, port: int, rank: int, world_size: int):
-        from gspo_async.weights.groups import make_group
-
-        timeout = timedelta(seconds=COLLECTIVE_TIMEOUT_S)
-        self.store = torch.distributed.TCPStore(host, port, None, rank == 0, timeout, wait_for_workers=False)
-        prefix = torch.distributed.PrefixStore("vllm-fake-weights", self.store)
-        self.group = make_group("gloo", prefix, rank, world_size, COLLECTIVE_TIMEOUT_S, torch.device("cpu"),
-                                bind_host="127.0.0.1")
-
-    def broadcast(self, tensor: torch.Tensor, src: int = 0, stream: Any = None) -> None:
-        from gspo_async.weights.groups import broadcast, wait_work
-
-        if src != 0:
-            raise ValueError("the weight group broadcasts from rank 0 only")
-        wait_work(broadcast(self.group, tensor), COLLECTIVE_TIMEOUT_S, "gloo")
-
-
-def fake_trainer_init(info: dict[str, Any]) -> _GlooGroup:
-    """Learner end (rank 0) of the stand-in weight group; hosts the rendezvous store like vLLM's trainer_init."""
-    return _GlooGroup(info["master_address"], int(info["master_port"]), 0, int(info["world_size"]))
-
-
-async def _in_thread(fn: Any) -> Any:
-    """Run a blocking call in a daemon thread (a stuck collective must not keep the process alive at exit)."""
-    loop = asyncio.get_running_loop()
-    fut = loop.create_future()
-
-    def settle(method: str, value: Any) -> None:
-        if not fut.done():
-            getattr(fut, method)(value)
-
-    def target() -> None:
-        try:
-            value, method = fn(), "set_result"
-        except BaseException as err:  # noqa: BLE001 - handed to the awaiting coroutine
-            value, method = err, "set_exception"
-        with contextlib.suppress(RuntimeError):  # loop closed meanwhile: nobody is waiting
-            loop.call_soon_threadsafe(settle, method, value)
-
-    threading.Thread(target=target, name="vllm-fake-collective", daemon=True).start()
-    return await fut
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Worker and model
-# ------------------------------------------------------------------------------------------------------------------
-
-
-class FakeModel:
-    """vLLM's model surface over an HF causal LM: `load_weights(iterable of (HF name, tensor))`."""
-
-    def __init__(self, hf_model: Any):
-        self.hf = hf_model
-        self.reloading = False
-
-    def named_parameters(self) -> Iterable[tuple[str, torch.Tensor]]:
-        return self.hf.named_parameters()
-
-    @torch.no_grad()
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        params = dict(self.hf.named_parameters())
-        loaded = set()
-        tied = bool(getattr(self.hf.config, "tie_word_embeddings", False))
-        for name, t in weights:
-            if tied and name == "lm_head.weight":  # vLLM skips the alias of tied embeddings
-                continue
-            if name not in params:
-                raise KeyError(f"load_weights: the model has no parameter {name!r}")
-            if tuple(params[name].shape) != tuple(t.shape):
-                raise ValueError(f"load_weights: {name} has shape {tuple(t.shape)}, "
-                                 f"the model {tuple(params[name].shape)}")
-            params[name].copy_(t)
-            loaded.add(name)
-        return loaded
-
-
-class FakeWorker:
-    """The worker surface: model_runner.model, device, configs, plus the weight-transfer methods vLLM's GPU worker
-    implements. The configured worker extension is mixed in after it (vLLM appends the extension to the bases)."""
-
-    def __init__(self, model: FakeModel, version: tuple[int, int, int]):
-        self.model_runner = type("ModelRunner", (), {"model": model})()
-        self.device = torch.device("cpu")
-        self.model_config = None
-        self.vllm_config = None
-        self._version = version
-        self._group: _GlooGroup | None = None
-        self._update_active = False
-
-    # hooks of GSPOWorkerExtension: vLLM's layerwise reload, emulated by the "reloading" flag
-    def _gspo_layerwise(self) -> tuple[Any, Any]:
-        def initialize(model: FakeModel) -> None:
-            model.reloading = True
-
-        def finalize(model: FakeModel, model_config: Any) -> None:
-            model.reloading = False
-
-        return initialize, finalize
-
-    def _gspo_config_scope(self) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
-
-    # vLLM's native weight transfer
-    def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
-        keys = {"master_address", "master_port", "rank_offset", "world_size"}
-        if self._version >= (0, 28, 0):
-            keys |= {"packed", "packed_buffer_size_bytes", "packed_num_buffers"}
-        _check_keys("init_info", init_info, required={"master_address", "master_port", "rank_offset", "world_size"},
-                    allowed=keys)
-        self._group = _GlooGroup(init_info["master_address"], int(init_info["master_port"]),
-                                 int(init_info["rank_offset"]), int(init_info["world_size"]))
-
-    def start_weight_update(self) -> None:
-        if self._update_active:
-            raise RuntimeError("start_weight_update called while a weight update is already active")
-        self.model_runner.model.reloading = True
-        self._update_active = True
-
-    def receive(self, update_info: dict[str, Any]) -> list[tuple[str, torch.Tensor]]:
-        keys = {"names", "dtype_names", "shapes"}
-        if self._version < (0, 28, 0):
-            keys |= {"packed", "packed_buffer_size_bytes", "packed_num_buffers"}
-        _check_keys("update_info", update_info, required={"names", "dtype_names", "shapes"}, allowed=keys)
-        if self._group is None:
-            raise RuntimeError("NCCL weight transfer not initialized: call init_weight_transfer_engine first")
-        out = []
-        for name, dtype, shape in zip(update_info["names"], update_info["dtype_names"], update_info["shapes"]):
-            buf = torch.empty(list(shape), dtype=getattr(torch, dtype))
-            self._group.broadcast(buf, src=0)
-            out.append((name, buf))
-        return out
-
-    def finish_weight_update(self) -> None:
-        if not self._update_active:
-            raise RuntimeError("finish_weight_update without start_weight_update")
-        self.model_runner.model.reloading = False
-        self._update_active = False
-
-
-def _check_keys(what: str, info: dict[str, Any], required: set[str], allowed: set[str]) -> None:
-    if not isinstance(info, dict) or not required <= set(info) or not set(info) <= allowed:
-        raise ValueError(f"Invalid {what}: keys {sorted(info) if isinstance(info, dict) else info!r}, "
-                         f"required {sorted(required)}, allowed {sorted(allowed)}")
-
-
-def _round_trip(obj: Any) -> Any:
-    """What crosses vLLM's RPC boundary: msgpack (tuples become lists; anything else fails here too)."""
-    return msgpack.unpackb(msgpack.packb(obj, use_bin_type=True), raw=False)
-
-
-# ------------------------------------------------------------------------------------------------------------------
 # The engine
 # ------------------------------------------------------------------------------------------------------------------
 
@@ -333,21 +179,21 @@ class FakeAsyncLLM:
         else:
             hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
         hf.eval()
-        self.model = FakeModel(hf)
+        self.model = FakeModel(hf, torch.device("cpu"))
         self.max_model_len = int(max_model_len or config.max_position_embeddings)
         self.vocab_size = int(config.vocab_size)
         self.eos_ids = _eos_ids(hf)
-        bases: tuple[type, ...] = (FakeWorker,)
-        if worker_extension_cls:
-            module, _, name = worker_extension_cls.rpartition(".")
-            bases += (getattr(importlib.import_module(module), name),)
-        self.worker = type("Worker", bases, {})(self.model, self.version)
+        self.worker = build_worker(self.model, self.version, worker_extension_cls)
+        self.features = VLLMFeatures(self.version)
         self.weight_transfer = weight_transfer_config
         self.generator = torch.Generator().manual_seed(self.seed)
         self.label: str | None = None  # weight version label (0.27+)
         self.salts: list[str | None] = []
         self.steps_done = 0
         self.calls: list[str] = []  # front-end weight/pause calls in order, for tests
+        self.aborts = 0  # abort() calls for requests still running
+        self.aborts_of_finished = 0  # abort() calls for requests that had already finished (wasted RPCs)
+        self._finished_ids: set[str] = set()
         self._running: list[_Request] = []
         self._paused: str | None = None  # None, 'new' (abort/wait) or 'all' (keep)
         self._budget: int | None = None
@@ -401,9 +247,9 @@ class FakeAsyncLLM:
                 yield out
                 if out.finished:
                     return
-        finally:
-            if req in self._running:  # the consumer went away: abort, as vLLM does
-                self._running.remove(req)
+        except (asyncio.CancelledError, GeneratorExit):
+            await self.abort(request_id)  # the consumer went away: vLLM aborts, finished or not
+            raise
 
     def _ensure_scheduler(self) -> None:
         if self._scheduler is None:
@@ -484,14 +330,33 @@ class FakeAsyncLLM:
         if kind == RequestOutputKind.FINAL_ONLY and not finished:
             return
         start = req.delivered if kind == RequestOutputKind.DELTA else 0
+        tokens = req.tokens[start:]
+        if kind == RequestOutputKind.DELTA and self.features.delta_logprobs_by_token_count:
+            # vLLM < 0.29 slices the history by the token count: [-0:] is the whole history
+            logprobs = req.logprobs[-len(tokens):] if req.logprobs else []
+        else:
+            logprobs = req.logprobs[start:]
         spans = _spans(req.labels) if self.version >= (0, 32, 0) else None
-        comp = CompletionOutput(0, req.tokens[start:], req.logprobs[start:], req.finish_reason, spans)
+        comp = CompletionOutput(0, tokens, logprobs, req.finish_reason, spans)
         req.delivered = len(req.tokens)
         self._pipe.append((time.monotonic() + self.OUTPUT_DELAY_S, req.queue,
                            RequestOutput(req.request_id, req.prompt, [comp], finished)))
         self._piped.set()
-        if finished and req in self._running:
-            self._running.remove(req)
+        if finished:
+            self._finished_ids.add(req.request_id)
+            if req in self._running:
+                self._running.remove(req)
+
+    async def abort(self, request_id: str | list[str], internal: bool = False) -> None:
+        """Abort requests by id; ids of requests that already finished are counted, not an error (as in vLLM)."""
+        for rid in [request_id] if isinstance(request_id, str) else list(request_id):
+            running = [r for r in self._running if r.request_id == rid]
+            if not running:
+                self.aborts_of_finished += rid in self._finished_ids
+                continue
+            self.aborts += 1
+            for req in running:
+                self._running.remove(req)
 
     # -- pause / resume -----------------------------------------------------------------------------------------
 
@@ -542,7 +407,7 @@ class FakeAsyncLLM:
         self._require_transfer()
         self.calls.append("init_weight_transfer_engine")
         info = dict(request.init_info)
-        await _in_thread(lambda: self.worker.init_weight_transfer_engine(info))
+        await in_thread(lambda: self.worker.init_weight_transfer_engine(info))
 
     async def start_weight_update(self, *args: Any, **kwargs: Any) -> None:
         self._require(21, "start_weight_update")
@@ -565,8 +430,8 @@ class FakeAsyncLLM:
         if self.version < (0, 21, 0):  # one call did the whole update
             self.worker.start_weight_update()
         info = dict(request.update_info)
-        received = await _in_thread(lambda: self.worker.receive(info))
-        self.model.load_weights(received)
+        received = await in_thread(lambda: self.worker.receive(info))
+        self.worker.load_received(received)
         if self.version < (0, 21, 0):
             self.worker.finish_weight_update()
 
@@ -588,8 +453,9 @@ class FakeAsyncLLM:
                              kwargs: dict[str, Any] | None = None) -> list[Any]:
         self.calls.append(f"rpc:{method}")
         fn = getattr(self.worker, method)
-        result = fn(*_round_trip(list(args)), **_round_trip(kwargs or {}))
-        return [_round_trip(result)]
+        with vllm_stand_ins(self.model):  # what the extension imports from vLLM, inside the worker
+            result = fn(*round_trip(list(args)), **round_trip(kwargs or {}))
+        return [round_trip(result)]
 
     def shutdown(self) -> None:
         self._closed = True

@@ -19,7 +19,9 @@ several notifications needs only the newest. When the member list changes, or th
 failed, the learner aborts the old group and forms generation gen + 1 with ranks 1..n in member
 order (the learner is rank 0). Every wait is bounded by `timeout_s`; a failed round aborts the
 group, which unblocks the survivors, and the next round forms a fresh generation. Who is alive is
-decided elsewhere (heartbeats); a round only reports who failed to get ready or to acknowledge.
+decided elsewhere (the learner's connections and heartbeats): given an `alive` callable, a round
+stops waiting the moment a member it waits for is no longer alive, and names it in `missing`, so a
+dead actor costs one failed round, never `timeout_s`.
 
 Receivers get every round into fresh buffers, so an engine can apply a complete version at a safe
 point (between generation batches) while the next one is already arriving.
@@ -29,10 +31,11 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -50,6 +53,7 @@ WAKE = b"wake"
 CLOSED = b"closed"
 KEEP_ROUNDS = 4  # store keys of older rounds are deleted
 IDLE_WAIT_S = 600.0  # a subscriber's idle wait re-arms after this long (a store timeout logs a warning)
+ALIVE_POLL_S = 0.02  # how often a round that waits on members asks whether they are still alive
 
 
 def _key(seq: int, part: str = "", actor_id: str = "") -> str:
@@ -66,6 +70,27 @@ def _check_timeout(timeout_s: object) -> float:
     if not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
         raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
     return float(timeout_s)
+
+
+def listen_socket(host: str, port: int) -> tuple[int, int]:
+    """(fd, port): a socket listening on exactly `host` (a wildcard such as 0.0.0.0 or :: only when `host` is
+    one; port 0 picks a free port), its descriptor for TCPStore's `master_listen_fd`, which takes it over.
+    Without it the store's server listens on every interface whatever host it is given: an unauthenticated door
+    next to a loopback-only learner."""
+    name = "127.0.0.1" if host == "localhost" else host.strip("[]")
+    infos = socket.getaddrinfo(name or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(512)
+        port = sock.getsockname()[1]
+    except OSError as err:
+        sock.close()
+        raise OSError(f"the weight store cannot listen on {host}:{port} ({err}); free the port or set "
+                      "weight_store_port") from None
+    return sock.detach(), port
 
 
 def _default_bind(host: str, bind_host: str | None) -> str | None:
@@ -129,9 +154,11 @@ class WeightPublisher:
         self.device = check_backend(backend, device)
         self.host = host
         self.bind_host = _default_bind(host, bind_host)
+        # the store listens on the learner's own address only (see listen_socket)
+        fd, port = listen_socket(host, port)
         self._store: dist.TCPStore | None = dist.TCPStore(
-            host, port, None, True, timedelta(seconds=self.timeout_s), wait_for_workers=False)
-        self.port: int = self._store.port
+            host, port, None, True, timedelta(seconds=self.timeout_s), wait_for_workers=False, master_listen_fd=fd)
+        self.port: int = port
         self._store.set(KEY_LATEST, "0")
         self._lock = threading.Lock()
         self._seq = 0
@@ -149,12 +176,14 @@ class WeightPublisher:
         return self._gen
 
     def publish(self, named_tensors: NamedTensors, version: int, members: Iterable[str], *,
-                checksum: bool = False) -> PublishResult:
+                checksum: bool = False, alive: Callable[[], Iterable[str]] | None = None) -> PublishResult:
         """Broadcast every tensor to exactly `members` (actor ids; ranks 1..n in this order).
 
         Never raises for a peer's failure: returns `ok=False` with the error within a few
         `timeout_s`. `members=[]` only records the version. `checksum=True` also hashes what was
-        sent (costs a pass over the weights).
+        sent (costs a pass over the weights). `alive()` (the actor ids alive now) is polled while
+        the round waits for members to get ready or acknowledge: a member that leaves it fails the
+        round at once, listed in `missing`.
         """
         members = [_check_actor_id(m) for m in members]
         if len(set(members)) != len(members):
@@ -165,10 +194,10 @@ class WeightPublisher:
         with self._lock:
             if self._store is None:
                 raise RuntimeError("publish() after close(): create a new WeightPublisher")
-            return self._round(tensors, version, members, checksum)
+            return self._round(tensors, version, members, checksum, alive)
 
     def _round(self, tensors: dict[str, torch.Tensor], version: int, members: list[str],
-               checksum: bool) -> PublishResult:
+               checksum: bool, alive: Callable[[], Iterable[str]] | None = None) -> PublishResult:
         store = self._store
         start = time.perf_counter()
         self._seq += 1
@@ -197,11 +226,14 @@ class WeightPublisher:
         try:
             if members:
                 if new_group:
-                    result.group_seconds = self._form_group(seq, members)
+                    result.group_seconds = self._form_group(seq, members, alive)
                 phase = f"sending {len(buckets)} buckets"
                 self._send(buckets, tensors)
                 phase = "waiting for acknowledgements"
-                missing = self._wait_keys([_key(seq, "ack", m) for m in members])
+                missing, gone = self._wait_keys([_key(seq, "ack", m) for m in members], alive)
+                if gone:
+                    raise _RoundFailed(f"members {gone} left (connection closed or heartbeat lost) before "
+                                       "acknowledging", gone)
                 if missing:
                     raise _RoundFailed(f"no acknowledgement from {missing} within {self.timeout_s:g}s", missing)
         except (_RoundFailed, RuntimeError, TimeoutError) as e:
@@ -227,8 +259,12 @@ class WeightPublisher:
             self._plan_cache = (signature, buckets, plan_to_json(buckets))
         return self._plan_cache[1], self._plan_cache[2]
 
-    def _form_group(self, seq: int, members: list[str]) -> float:
-        missing = self._wait_keys([_key(seq, "ready", m) for m in members])
+    def _form_group(self, seq: int, members: list[str], alive: Callable[[], Iterable[str]] | None) -> float:
+        missing, gone = self._wait_keys([_key(seq, "ready", m) for m in members], alive)
+        if gone:
+            self._store.set(_key(seq, "go"), "0")
+            raise _RoundFailed(f"members {gone} left (connection closed or heartbeat lost) before getting ready for "
+                               f"generation {self._gen}", gone)
         if missing:
             self._store.set(_key(seq, "go"), "0")
             raise _RoundFailed(f"members {missing} did not get ready for generation {self._gen} "
@@ -269,13 +305,31 @@ class WeightPublisher:
                 return []
             return [a for a in actor_ids if self._store.check([f"present/{a}"])]
 
-    def _wait_keys(self, keys: list[str]) -> list[str]:
-        """Wait until all keys exist (at most timeout_s); return the actor ids whose key is missing."""
-        try:
-            self._store.wait(keys, timedelta(seconds=self.timeout_s))
-            return []
-        except dist.DistStoreError:
-            return [k.rsplit("/", 1)[1] for k in keys if not self._store.check([k])]
+    def _wait_keys(self, keys: list[str], alive: Callable[[], Iterable[str]] | None = None
+                   ) -> tuple[list[str], list[str]]:
+        """Wait until all keys (``.../<actor id>``) exist, at most timeout_s. Returns (missing, gone): the actor
+        ids whose key is missing at the timeout, or, as soon as one of them is no longer in `alive()`, those that
+        left (the wait stops there). Without `alive` it is one store wait."""
+        if alive is None:
+            try:
+                self._store.wait(keys, timedelta(seconds=self.timeout_s))
+                return [], []
+            except dist.DistStoreError:
+                return [k.rsplit("/", 1)[1] for k in keys if not self._store.check([k])], []
+        deadline = time.monotonic() + self.timeout_s
+        pending = list(keys)
+        while True:
+            pending = [k for k in pending if not self._store.check([k])]
+            if not pending:
+                return [], []
+            waiting = [k.rsplit("/", 1)[1] for k in pending]
+            living = set(alive())
+            gone = [a for a in waiting if a not in living]
+            if gone:
+                return waiting, gone
+            if time.monotonic() >= deadline:
+                return waiting, []
+            time.sleep(ALIVE_POLL_S)
 
     def _drop_group(self) -> None:
         abort_group(self._group)

@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from gspo_async.algo.logprobs import naive_token_logprobs, token_logprobs_from_hidden
+from gspo_async.algo.logprobs import LogitTransform, naive_token_logprobs, token_logprobs_from_hidden
 
 F64 = torch.float64
 
@@ -122,3 +124,52 @@ def test_bad_inputs_are_named():
         token_logprobs_from_hidden(hidden, weight, labels.float())
     with pytest.raises(ValueError, match="chunk_size"):
         token_logprobs_from_hidden(hidden, weight, labels, chunk_size=0)
+
+
+TRANSFORMS = [LogitTransform(softcap=2.0), LogitTransform(scale=0.25), LogitTransform(scale=3.0, softcap=5.0)]
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+@pytest.mark.parametrize("entropy", [False, True])
+def test_logit_transforms_chunked_equal_naive_values_and_gradients(transform, entropy):
+    args = inputs()
+    kw = dict(temperature=0.7, compute_entropy=entropy, transform=transform)
+    lp, ent, grads = run(token_logprobs_from_hidden, *args, chunk_size=8, **kw)
+    lp_ref, ent_ref, grads_ref = run(naive_token_logprobs, *args, **kw)
+    torch.testing.assert_close(lp, lp_ref, atol=1e-5, rtol=0)
+    if entropy:
+        torch.testing.assert_close(ent, ent_ref, atol=1e-5, rtol=0)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_softcap_by_hand():
+    """One row, vocabulary of 2: logits z = (h . w0, h . w1) = (6, 0); cap 2 -> (2 tanh 3, 0); log p0 by hand."""
+    hidden = torch.tensor([[1.0, 0.0]])
+    weight = torch.tensor([[6.0, 0.0], [0.0, 1.0]])
+    lp, _ = token_logprobs_from_hidden(hidden, weight, torch.tensor([0]), transform=LogitTransform(softcap=2.0))
+    z0 = 2.0 * math.tanh(3.0)
+    assert float(lp[0]) == pytest.approx(z0 - math.log(math.exp(z0) + 1.0), abs=1e-6)
+    plain, _ = token_logprobs_from_hidden(hidden, weight, torch.tensor([0]))
+    assert float(plain[0]) == pytest.approx(6.0 - math.log(math.exp(6.0) + 1.0), abs=1e-6)
+
+
+def test_transform_rejects_bad_values():
+    with pytest.raises(ValueError, match="scale"):
+        LogitTransform(scale=0.0)
+    with pytest.raises(ValueError, match="softcap"):
+        LogitTransform(softcap=-1.0)
+
+
+def test_unknown_architecture_is_named_in_the_refusal():
+    from types import SimpleNamespace
+
+    from gspo_async.models.logits import logit_transform
+
+    with pytest.raises(ValueError, match="model type 'mpt'.*MptForCausalLM") as err:
+        logit_transform(SimpleNamespace(model_type="mpt", architectures=["MptForCausalLM"]))
+    assert "model.logprob_path: model" in str(err.value)
+    gemma = SimpleNamespace(model_type="gemma2", final_logit_softcapping=30.0)
+    assert logit_transform(gemma) == LogitTransform(softcap=30.0)
+    granite = SimpleNamespace(model_type="granite", logits_scaling=8.0)
+    assert logit_transform(granite) == LogitTransform(scale=0.125)

@@ -46,3 +46,32 @@ def test_figures_say_no_data_when_empty():
         assert [t.get_text() for ax in axes for t in ax.texts] == ["no data", "no data"]
     finally:
         plt.close(fig)
+
+
+def test_accuracy_points_only_where_an_evaluation_ran():
+    from gspo_async.dashboard.plots import evaluations
+
+    records = [{"step": 0, "eval/accuracy": 0.3, "eval/runs": 1}, {"step": 1, "eval/accuracy": 0.3, "eval/runs": 1},
+               {"step": 2, "eval/accuracy": 0.3, "eval/runs": 2},  # same accuracy, but a new evaluation
+               {"step": 3, "eval/accuracy": 0.5, "eval/runs": 2},  # cannot happen; still no new point
+               {"step": 4, "eval/accuracy": 0.6, "eval/runs": 3}]
+    assert evaluations(records) == ([0, 2, 4], [0.3, 0.3, 0.6])
+    old = [{"step": 0, "eval/accuracy": 0.3}, {"step": 1, "eval/accuracy": 0.3}, {"step": 2, "eval/accuracy": 0.4}]
+    assert evaluations(old) == ([0, 2], [0.3, 0.4])  # records of older runs: every change
+
+
+def test_event_markers_are_drawn_per_event(run_dir):
+    from gspo_async.dashboard.plots import mark_events
+
+    records = read_metrics(run_dir)
+    fig, ax = plt.subplots()
+    try:
+        ax.plot([0, 60], [0, 1])
+        n = mark_events(ax, records)
+        # The synthetic run: 3 joins at step 1 (one event), a join at 20, a leave at 40, 6 evaluations, 2 checkpoints,
+        # 1 weight-sync failure.
+        assert n == 1 + 1 + 1 + 6 + 2 + 1
+        labels = {t.get_text() for t in ax.legend().get_texts()}
+        assert {"evaluation", "checkpoint", "actor joined", "actor left", "weight-sync failure"} <= labels
+    finally:
+        plt.close(fig)

@@ -52,7 +52,7 @@ def test_summary_by_hand(tmp_path):
     # groups: lags [3, 1] -> mean (0*3 + 1*1) / 4 = 0.25; tokens: [10, 30] -> 30 / 40 = 0.75.
     assert rows["staleness, groups-weighted"] == "mean 0.250 versions (0: 75.0%, 1: 25.0%)"
     assert rows["staleness, tokens-weighted"] == "mean 0.750 versions (0: 25.0%, 1: 75.0%)"
-    assert rows["drops"] == "too stale 2"
+    assert rows["drops"] == "too stale 2 groups"
 
 
 def test_empty_and_missing_runs(tmp_path):
@@ -63,9 +63,47 @@ def test_empty_and_missing_runs(tmp_path):
         write_report(tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_report(run_dir, tmp_path):
     out = subprocess.run([sys.executable, "-m", "gspo_async", "report", str(run_dir), "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(tmp_path / "index.html")
     assert len(list(tmp_path.glob("*.png"))) == len(FIGURES)
+
+
+def test_missing_matplotlib_names_the_install_command(run_dir, tmp_path, monkeypatch):
+    from gspo_async.dashboard.report import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an install without the [report] extra sees
+    with pytest.raises(MissingExtraError, match=r"pip install 'gspo-async\[report\]'"):
+        write_report(run_dir, tmp_path)
+
+
+@pytest.mark.slow
+def test_cli_report_without_matplotlib_says_how_to_install(run_dir, tmp_path):
+    # A sitecustomize-free way to hide matplotlib from the child: a module of that name that raises on import.
+    shadow = tmp_path / "shadow"
+    (shadow / "matplotlib").mkdir(parents=True)
+    (shadow / "matplotlib" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'matplotlib'\")\n")
+    import os
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(shadow), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-m", "gspo_async", "report", str(run_dir), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "pip install 'gspo-async[report]'" in out.stderr
+
+
+def test_report_counts_are_the_dashboard_summary(run_dir):
+    from gspo_async.dashboard.summary import COUNTS, run_summary
+    from gspo_async.telemetry import read_metrics
+
+    records = read_metrics(run_dir)
+    rows = dict(summary(records))
+    digest = run_summary(records, records[-1]["time"])
+    for key, label in COUNTS:
+        assert rows[label] == f"{digest['counts'][key]:,.0f}"
+    assert rows["run"] == "ended (final record written)"
+    assert "evaluation ×6" in rows["events"] and "checkpoint ×2" in rows["events"]

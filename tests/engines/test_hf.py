@@ -6,21 +6,25 @@ import torch
 from gspo_async.engines.base import SamplingSettings
 from gspo_async.engines.hf import HFEngine, sequence_logprobs
 from gspo_async.models.loading import load_model_and_tokenizer
-from gspo_async.models.tiny import build_tiny
 
 PROMPTS = ["7+5=", "12+34=", "3+99=", "80+8="]  # different lengths: left padding is exercised
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    # a briefly warmed-up tiny model: it answers with a few digits and then EOS
-    out = tmp_path_factory.mktemp("tiny")
-    return build_tiny(out, warmup_steps=150, warmup_target_accuracy=None, num_threads=None)
+def model_dir(tiny_cache):
+    # a briefly warmed-up tiny model: it answers with a few digits and then EOS (built once per session)
+    return tiny_cache(warmup_steps=150, warmup_target_accuracy=None)
 
 
 @pytest.fixture
 def engine(model_dir):
     return HFEngine(model_dir, seed=11)
+
+
+@pytest.fixture
+def eval_engine(model_dir):
+    """An evaluation engine: the only kind that samples with top-p / top-k truncation."""
+    return HFEngine(model_dir, seed=11, evaluation=True)
 
 
 def encode(engine, texts=PROMPTS):
@@ -60,7 +64,8 @@ def test_stops_on_eos_or_length(engine):
 
 
 @pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.6, 0, 1.0), (0.8, 3, 0.9)])
-def test_logprobs_match_a_plain_forward_pass(engine, temperature, top_k, top_p):
+def test_logprobs_match_a_plain_forward_pass(eval_engine, temperature, top_k, top_p):
+    engine = eval_engine
     prompts = encode(engine)
     sampling = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=7)
     groups = engine.generate(prompts, 3, sampling)
@@ -80,7 +85,8 @@ def test_greedy_follows_the_argmax_and_reports_temperature_one(engine):
         torch.testing.assert_close(torch.tensor(g.logprobs), sequence_logprobs(engine.model, prompt, g.tokens, 1.0))
 
 
-def test_top_k_one_is_greedy_and_top_k_limits_the_support(engine):
+def test_top_k_one_is_greedy_and_top_k_limits_the_support(eval_engine):
+    engine = eval_engine
     prompts = encode(engine)
     greedy = [g.tokens for g in flat(engine.generate(prompts, 1, SamplingSettings(temperature=0.0, max_new_tokens=5)))]
     k1 = [g.tokens for g in flat(engine.generate(prompts, 1, SamplingSettings(top_k=1, max_new_tokens=5)))]
@@ -94,7 +100,8 @@ def test_top_k_one_is_greedy_and_top_k_limits_the_support(engine):
     assert first <= top2 and len(first) == 2
 
 
-def test_top_p_keeps_the_smallest_set_reaching_p(engine):
+def test_top_p_keeps_the_smallest_set_reaching_p(eval_engine):
+    engine = eval_engine
     prompt = encode(engine)[1]
     with torch.no_grad():
         probs = torch.softmax(engine.model(input_ids=torch.tensor([prompt])).logits[0, -1] / 10.0, -1)
@@ -103,6 +110,16 @@ def test_top_p_keeps_the_smallest_set_reaching_p(engine):
     s = SamplingSettings(temperature=10.0, top_p=top_p, max_new_tokens=1)
     first = {g.tokens[0] for g in flat(engine.generate([prompt], 400, s))}
     assert first <= set(order[:3].tolist()) and len(first) >= 2
+
+
+@pytest.mark.parametrize("truncation", [{"top_p": 0.9}, {"top_k": 5}])
+def test_training_engine_refuses_truncated_sampling(engine, truncation):
+    # Truncated samples are not drawn from the full softmax whose log-probs the learner's ratio uses.
+    with pytest.raises(ValueError, match="sampling.top_p: 1.0 and sampling.top_k: 0") as err:
+        engine.generate(encode(engine), 1, SamplingSettings(max_new_tokens=2, **truncation))
+    assert "evaluation=True" in str(err.value)
+    greedy = engine.generate(encode(engine), 1, SamplingSettings(temperature=0.0, top_p=0.9, max_new_tokens=2))
+    assert len(greedy) == len(PROMPTS)  # greedy decoding ignores truncation: nothing to refuse
 
 
 def test_sampling_frequencies_follow_the_softmax(engine):

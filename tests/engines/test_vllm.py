@@ -7,8 +7,10 @@ timeouts and the NCCL rendezvous (gloo stands in for NCCL).
 
 import asyncio
 import copy
+import gc
 import importlib.util
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -21,12 +23,12 @@ import torch
 
 from gspo_async.engines.base import SamplingSettings
 from gspo_async.engines.hf import sequence_logprobs
-from gspo_async.engines.vllm import (EngineNeedsResync, VLLMEngine, VLLMFeatures, VLLMUnavailable,
-                                           VLLMWeightSender, WeightSyncTimeout, parse_version, sampled_logprobs,
-                                           weight_metadata)
-from gspo_async.testing.vllm_fake import FakeAsyncLLM, Logprob, RequestOutputKind, SamplingParams, fake_api
-from gspo_async.engines.vllm_worker import EXTENSION_CLS, decode_host, encode_host
 from gspo_async.config import VLLMConfig, load_config
+from gspo_async.engines.vllm import (EngineNeedsResync, VLLMEngine, VLLMFeatures, VLLMUnavailable, VLLMWeightSender,
+                                     WeightSyncTimeout, delta_logprobs, parse_version, sampled_logprobs,
+                                     weight_metadata)
+from gspo_async.engines.vllm_worker import EXTENSION_CLS, IPC_DEVICE_ARG, decode_host, encode_host, on_device
+from gspo_async.testing.vllm_fake import FakeAsyncLLM, Logprob, RequestOutputKind, SamplingParams, fake_api
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = ["0.24.0", "0.33.0"]
@@ -198,16 +200,21 @@ def test_engine_arguments(tiny, tmp_path):
         VLLMEngine(tiny["path"], VLLMConfig(weight_transport="ipc", tensor_parallel_size=2), api=fake_api())
 
 
-def test_from_config_selects_the_test_double(tiny):
-    cfg = load_config(None, ["actor.engine=vllm-fake", "actor.vllm.weight_transport=host",
-                             "learner.weight_sync.timeout_s=7"])
-    engine = VLLMEngine.from_config(cfg, tiny["path"], seed=3)
+def test_from_config_over_the_test_double(tiny):
+    """The double is chosen by passing its api, never by the user's config schema."""
+    cfg = load_config(None, ["actor.engine=vllm", "learner.weight_sync.timeout_s=7"])
+    assert cfg.actor.vllm.weight_transport == "auto"
+    engine = VLLMEngine.from_config(cfg, tiny["path"], seed=3, api=fake_api())
     try:
         assert isinstance(engine.llm, FakeAsyncLLM) and engine.step_timeout_s == 7
         (group,) = engine.generate(PROMPTS[:1], 1, SamplingSettings(max_new_tokens=3))
         assert len(group[0].tokens) == 3
+        engine.apply_weights(tiny["new"], 1)
+        assert engine.transport_last == "host"  # auto: CPU tensors go as bytes through the worker RPC
     finally:
         engine.close()
+    with pytest.raises(ValueError, match="actor.engine"):
+        load_config(None, ["actor.engine=vllm-fake"])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
@@ -300,14 +307,139 @@ def test_abort_mode_update_resubmits_and_reprefills(tiny, version):
 def test_fake_refuses_to_step_while_weights_reload(tiny):
     """The double's guard that would catch an adapter that forgot to pause."""
     fake = FakeAsyncLLM(model=str(tiny["path"]), worker_extension_cls=EXTENSION_CLS)
-    fake.worker.gspo_begin_reload()
 
     async def one():
+        await fake.collective_rpc("gspo_begin_reload")
         params = SamplingParams(max_tokens=2, logprobs=0, output_kind=RequestOutputKind.DELTA)
         return [o async for o in fake.generate({"prompt_token_ids": [1, 5]}, params, "r")]
 
     with pytest.raises(RuntimeError, match="did not pause"):
         asyncio.run(one())
+
+
+def settle(engine):
+    """Let the engine's loop run what finished generators scheduled (vLLM-side aborts go through it)."""
+    gc.collect()
+    for _ in range(5):
+        engine._loop.call(asyncio.sleep(0))
+
+
+def test_no_abort_is_sent_for_finished_requests(tiny):
+    """Every response's generator runs to its end, so vLLM's GeneratorExit branch never aborts a finished
+    request; the double counts such aborts (see test_double_counts_aborts_of_finished_requests)."""
+    engine = make_engine(tiny)
+    try:
+        groups = engine.generate(PROMPTS, 3, SamplingSettings(temperature=1.0, max_new_tokens=5))
+        assert sum(len(g) for g in groups) == 6
+        settle(engine)
+        assert engine.llm.aborts_of_finished == 0 and engine.llm.aborts == 0
+    finally:
+        engine.close()
+
+
+def test_double_counts_aborts_of_finished_requests(tiny):
+    fake = FakeAsyncLLM(model=str(tiny["path"]), worker_extension_cls=EXTENSION_CLS)
+    params = SamplingParams(max_tokens=2, logprobs=0, output_kind=RequestOutputKind.DELTA)
+
+    async def run():
+        whole = fake.generate({"prompt_token_ids": [1, 5]}, params, "whole")
+        assert [o.finished async for o in whole] == [False, True]  # runs to its end: no abort
+        left = fake.generate({"prompt_token_ids": [1, 5]}, params, "left")
+        while not (await left.__anext__()).finished:
+            pass
+        await left.aclose()  # closed after its final output, as a `break` leaves it for the collector
+        early = fake.generate({"prompt_token_ids": [1, 5]}, SamplingParams(max_tokens=50, logprobs=0), "early")
+        await early.__anext__()
+        await early.aclose()  # closed while running: a real abort
+        fake.shutdown()
+
+    asyncio.run(run())
+    assert fake.aborts_of_finished == 1 and fake.aborts == 1
+
+
+@pytest.mark.parametrize("version,history", [("0.24.0", True), ("0.28.0", True), ("0.29.0", False)])
+def test_double_slices_delta_logprobs_like_each_release(tiny, version, history):
+    """vLLM < 0.29 slices a DELTA output's logprobs as history[-len(token_ids):]: an aborted request's final
+    output (no new tokens) carries the whole history. The adapter keeps only the entries of the new tokens."""
+    fake = FakeAsyncLLM(model=str(tiny["path"]), worker_extension_cls=EXTENSION_CLS, vllm_version=version)
+    params = SamplingParams(max_tokens=20, logprobs=0, output_kind=RequestOutputKind.DELTA)
+    fake.set_step_budget(3)
+
+    async def run():
+        outputs = fake.generate({"prompt_token_ids": [1, 5]}, params, "r")
+        deltas = [await outputs.__anext__() for _ in range(3)]
+        await fake.pause_generation(mode="abort", clear_cache=True)
+        final = await outputs.__anext__()
+        fake.shutdown()
+        return deltas, final
+
+    deltas, final = asyncio.run(run())
+    assert [len(d.outputs[0].logprobs) for d in deltas] == [1, 1, 1]
+    comp = final.outputs[0]
+    assert final.finished and comp.finish_reason == "abort" and comp.token_ids == []
+    assert len(comp.logprobs) == (3 if history else 0)
+    assert sampled_logprobs(delta_logprobs(comp.logprobs, 0), []) == []
+
+
+def test_delta_logprobs_takes_the_entries_of_the_new_tokens():
+    history = [{7: Logprob(-0.5)}, {3: Logprob(-1.25)}, {9: Logprob(-2.0)}]
+    assert delta_logprobs(history, 0) == []
+    assert delta_logprobs(history, 2) == history[1:]
+    assert delta_logprobs(history, 3) == history
+    assert delta_logprobs(None, 2) is None
+    with pytest.raises(RuntimeError, match="2 logprob entries for 3 tokens"):  # too few is still refused
+        sampled_logprobs(delta_logprobs(history[:2], 3), [7, 3, 9])
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The worker extension under the double's stand-ins for vLLM
+# ------------------------------------------------------------------------------------------------------------------
+
+
+class ClashingExtension:
+    """Defines a name vLLM's worker already has: vLLM refuses it at worker start."""
+
+    def start_weight_update(self):
+        return None
+
+
+def test_double_applies_vllms_extension_name_check(tiny):
+    with pytest.raises(AssertionError, match="start_weight_update, which conflicts"):
+        FakeAsyncLLM(model=str(tiny["path"]), worker_extension_cls=f"{__name__}.ClashingExtension")
+    fake = FakeAsyncLLM(model=str(tiny["path"]), worker_extension_cls=EXTENSION_CLS)
+    assert not any(name.startswith("_gspo") or name.startswith("gspo")
+                   for name in vars(type(fake.worker).__mro__[1])), "the double must not override the extension"
+
+
+def test_reload_runs_the_extension_hooks_against_vllms_functions(tiny):
+    """The production hooks import vLLM's reload functions and config scope; the double puts stand-ins there for
+    the RPC only. They check what vLLM's own worker does: load and finalise inside torch.device(worker.device),
+    within the config scope."""
+    fake = FakeAsyncLLM(model=str(tiny["path"]), worker_extension_cls=EXTENSION_CLS)
+    payload = encode_host(tiny["new"].items())
+
+    async def reload():
+        await fake.collective_rpc("gspo_begin_reload")
+        assert fake.model.reloading and fake.model.layerwise
+        assert await fake.collective_rpc("gspo_load_host", args=(payload,)) == [len(tiny["new"])]
+        return await fake.collective_rpc("gspo_finish_reload")
+
+    assert asyncio.run(reload()) == [len(tiny["new"])]
+    assert not fake.model.reloading and fake.model.loads == 1 and fake.model.config_scopes == 0
+    assert all(torch.equal(p, tiny["new"][k]) for k, p in fake.model.named_parameters())
+    if importlib.util.find_spec("vllm") is None:
+        assert "vllm" not in sys.modules  # the stand-ins lived for the RPC only
+    with pytest.raises(RuntimeError, match=r"torch.device\(None\)"):
+        fake.model.load_weights(tiny["new"].items())  # how the old extension loaded: outside the device scope
+
+
+def test_ipc_handles_open_on_the_workers_device():
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+    args = tuple(range(15))  # rebuild_cuda_tensor's arguments; index 6 is the device the actor used
+    assert on_device(rebuild_cuda_tensor, args, torch.device("cuda", 3))[IPC_DEVICE_ARG] == 3
+    assert on_device(rebuild_cuda_tensor, args, torch.device("cuda", 3))[:6] == args[:6]
+    assert on_device(len, args, torch.device("cuda", 3)) == args  # other handles pass unchanged
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -454,11 +586,13 @@ def test_gpu_configs_load(name):
     assert cfg.actor.vllm.logprobs_mode == "processed_logprobs"
 
 
-@pytest.mark.parametrize("script", ["bench_vllm.py", "check_vllm.py"])
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["bench_vllm.py", "check_vllm.py", "smoke_vllm.py"])
 def test_gpu_scripts_dry_run_over_the_test_double(script, tmp_path):
     """tools/gpu/ scripts run end to end on the CPU double, so they do not rot before a GPU runs them."""
     out = tmp_path / "result.json"
-    extra = ["--max-new-tokens", "40"] if script == "check_vllm.py" else []
+    extra = {"check_vllm.py": ["--max-new-tokens", "40"],
+             "smoke_vllm.py": ["--shape", "tiny", "--prompts", "2", "--n", "2", "--max-new-tokens", "12"]}.get(script, [])
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu" / script), "--fake", "--out", str(out), *extra],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -466,5 +600,42 @@ def test_gpu_scripts_dry_run_over_the_test_double(script, tmp_path):
     assert report["fake"] is True
     if script == "check_vllm.py":
         assert report["all_ok"], report["checks"]
+    elif script == "smoke_vllm.py":
+        assert report["all_ok"], report["steps"]
+        assert list(report["steps"]) == ["first_weights", "update_keep", "update_abort"]
+        for name, step in report["steps"].items():
+            parity = step if name == "first_weights" else step["parity_fresh"]
+            assert parity["tokens"] > 0 and parity["max_abs"] < 1e-4, (name, step)  # fp32 double: exact
+            assert step["transport"] == "host"  # weight_transport auto, CPU tensors
+        assert report["steps"]["update_abort"]["resubmitted_total"] > 0
+        assert report["steps"]["update_keep"]["split"] > 0
+        from tools.gpu.smoke_vllm import render_markdown
+
+        table = render_markdown(report)
+        assert "Dry run over the CPU test double" in table and "| update_abort | host |" in table
     else:
         assert report["generation"]["tokens_per_s"] > 0 and set(report["in_flight_updates"]) == {"keep", "abort"}
+        assert report["bare_vllm"]["tokens_per_s"] > 0 and report["generation"]["vs_bare"] > 0
+
+
+@pytest.mark.slow
+def test_smoke_dry_run_prints_the_steps_and_the_carry(tmp_path):
+    """`tools/gpu/smoke.sh --dry-run`: the steps, every file the GPU calls would carry and their total size."""
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    (parts / "part-00").write_bytes(b"\0" * 3_000_000)
+    (parts / "part-01").write_bytes(b"\0" * 1000)
+    (parts / "SHA256SUMS").write_text("x" * 148)
+    env = {**os.environ, "SRC": str(parts)}
+    proc = subprocess.run(["bash", str(ROOT / "tools" / "gpu" / "smoke.sh"), "--dry-run"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "steps:" in out and "smoke_vllm.py" in out and "install.sh" in out
+    assert "part-00" in out and "3000000 bytes" in out and "part-01" in out and "SHA256SUMS" in out
+    assert "total to carry: 3001148 bytes" in out and "in 2 parts" in out
+    assert "2 carry calls" in out and "working tree" in out
+    env["SRC"] = str(tmp_path / "none")
+    proc = subprocess.run(["bash", str(ROOT / "tools" / "gpu" / "smoke.sh"), "--dry-run"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT, env=env)
+    assert proc.returncode == 0 and "fetch_wheels.sh" in proc.stdout and "Not measured here" in proc.stdout

@@ -62,7 +62,9 @@ class Cluster:
                           *overrides]
         self.procs: list[subprocess.Popen] = []
         self.logs: dict[str, Path] = {}
-        self.env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+        # DEBUG: the actors log the checksum of every weight version they apply, which the tests compare
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+                        GSPO_LOG_LEVEL="DEBUG")
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
         log = self.tmp / f"{name}.log"

@@ -1,9 +1,10 @@
 """An elastic fleet with real processes: actors join mid-run, one is killed, one is stopped; training reaches its
 total steps and every prompt is accounted for. `gspo-async status` watches the fleet throughout.
 
-The learner trains a tiny model quickly (tens of steps per second), so total_steps is sized to outlast the
-membership changes; each change is awaited as a condition on the learner's status, and the test checks that the
-run was still going at that moment.
+The run has no step budget to guess: total_steps is out of reach, each membership change is awaited as a condition
+on the learner's status, and once the last change is seen and a0 alone has carried a few more steps, the learner is
+stopped with SIGTERM (a clean stop: final checkpoint and summary). The accounting is then checked against the
+steps the run actually took.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from tests.integration.conftest import ROOT, wait_for
 
 pytestmark = pytest.mark.slow
 
-TOTAL = 500
+AFTER_LAST_CHANGE = 3  # steps a0 must train alone before the learner is stopped
 FLEET = ["rollout_batch_size=4", "num_return_sequences_in_group=4", "response_length=6", "learner.eval_every=0",
          "actor.prompts_per_lease=2", "learner.heartbeat_timeout_s=3", "learner.lease_timeout_s=10",
          "learner.weight_sync.timeout_s=5", "telemetry.dashboard_port=null", "learner.checkpoint.every=0",
-         f"learner.total_steps={TOTAL}"]
+         "learner.total_steps=1000000"]
 DROP_REASONS = {"stale", "prompt_too_long", "lease_attempts"}
 
 
@@ -73,7 +74,6 @@ def test_elastic_fleet_trains_to_the_end_and_accounts_for_every_prompt(cluster_f
         s = wait_for(fleet_is(address, {"a0", "a1", "a2"},
                               lambda s: all(a.groups_accepted > 0 for a in s.actors)),
                      120, "a1 and a2 to join and deliver groups", (learner, a1, a2))
-        assert s.version < TOTAL, "the run ended before the fleet grew: raise TOTAL"
         assert s.counters["actors_registered"] == 3
         out, ids = cli_status(address)
         assert ids == {"a0", "a1", "a2"}, out
@@ -83,7 +83,6 @@ def test_elastic_fleet_trains_to_the_end_and_accounts_for_every_prompt(cluster_f
         a1.send_signal(signal.SIGKILL)
         s = wait_for(fleet_is(address, {"a0", "a2"}, lambda s: s.counters["actors_dead"] == 1), 60,
                      "a1 to be declared dead", (learner,))
-        assert s.version < TOTAL, "the run ended before a1 was declared dead: raise TOTAL"
 
         # a2 is stopped: it finishes its batch, waits for its acks and says goodbye. (A goodbye is not answered,
         # so the learner may miss it; then the heartbeat timeout retires a2 instead. Either way it leaves the fleet.)
@@ -91,19 +90,23 @@ def test_elastic_fleet_trains_to_the_end_and_accounts_for_every_prompt(cluster_f
         assert a2.wait(timeout=60) == 0, c.dump_logs()
         assert "stopping (SIGTERM)" in c.log("a2")
         s = wait_for(fleet_is(address, {"a0"}), 30, "a2 to leave", (learner,))
-        assert s.version < TOTAL, "the run ended before a2 left: raise TOTAL"
         assert s.counters["actors_left"] + s.counters["actors_dead"] == 2
         out, ids = cli_status(address)
         assert ids == {"a0"} and "actors: 1 live (3 registered" in out, out
 
-        # a0 carries the run to its end.
-        assert learner.wait(timeout=240) == 0, c.dump_logs()
+        # a0 carries the run on alone, then the learner is stopped cleanly.
+        target = s.version + AFTER_LAST_CHANGE
+        wait_for(fleet_is(address, {"a0"}, lambda s: s.version >= target), 120, f"a0 alone to reach version {target}",
+                 (learner, a0))
+        learner.send_signal(signal.SIGTERM)
+        assert learner.wait(timeout=120) == 0, c.dump_logs()
         a0.send_signal(signal.SIGKILL)  # its part is over; a graceful stop would wait for acks nobody sends
     finally:
         c.stop_all()
 
     summary = json.loads((c.run_dir / "summary.json").read_text())
-    assert summary["steps"] == TOTAL and summary["version"] == TOTAL
+    steps = summary["steps"]
+    assert steps >= target and summary["version"] == steps
     acc, n = summary["accounting"], summary["counters"]
 
     # Prompts: every issued prompt is trained, dropped with a reason, or still open (in flight, buffered or queued
@@ -111,7 +114,7 @@ def test_elastic_fleet_trains_to_the_end_and_accounts_for_every_prompt(cluster_f
     assert acc["balanced"], acc
     assert acc["issued"] == (acc["trained"] + acc["dropped"] + acc["in_flight"] + acc["buffered"] + acc["training"]
                              + acc["pending_reissue"])
-    assert acc["trained"] == n["groups_trained"] == TOTAL * 4 and acc["training"] == 0
+    assert acc["trained"] == n["groups_trained"] == steps * 4 and acc["training"] == 0
     assert set(n["prompts_dropped_by_reason"]) <= DROP_REASONS, n["prompts_dropped_by_reason"]
 
     # Groups: each one received was accepted, a duplicate, refused for a full buffer or a dropped prompt, or
@@ -134,7 +137,7 @@ def test_elastic_fleet_trains_to_the_end_and_accounts_for_every_prompt(cluster_f
     assert all(reason in DROP_REASONS for reason in dropped.values()), dropped
     assert not open_ids & set(dropped)
     trained = set(range(state["n"]["prompts_issued"])) - open_ids - set(dropped)
-    assert len(trained) == state["n"]["prompts_trained"] == TOTAL * 4
+    assert len(trained) == state["n"]["prompts_trained"] == steps * 4
     assert len(dropped) == sum(state["dropped_prompts"].values())
 
     # The membership changes are on record.

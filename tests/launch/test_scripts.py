@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 import torch.distributed.run as torchrun
 
+from gspo_async.config import load_config
 from tests.launch.conftest import LAUNCH, ROOT, check_actor, check_learner, parse_cli
+
+pytestmark = pytest.mark.slow  # every test runs a launch script (bash) as a process
 
 SCRIPTS = sorted(p for p in LAUNCH.rglob("*") if p.suffix in (".sh", ".sbatch"))
 
@@ -58,6 +61,34 @@ def test_learner_sh_starts_deepspeed_ranks_through_torchrun(stubs):
     assert launch.module and launch.training_script == "gspo_async" and launch.nproc_per_node == "4"
     args, cfg = check_learner(launch.training_script_args)
     assert args.resume and cfg.learner.engine == "deepspeed"
+
+
+def test_learner_sh_covers_the_cluster_sections_settings(stubs, keys_dir):
+    env = {"GSPO_HOST": "0.0.0.0", "GSPO_ADVERTISE_HOST": "10.0.0.5",
+           "GSPO_SERVER_KEY": f"{keys_dir}/server.key_secret", "GSPO_AUTHORIZED_CLIENTS": f"{keys_dir}/authorized_clients", "GSPO_RESUME": "auto"}
+    stubs.run("learner.sh", "configs/gpu_qwen2.5-1.5b.yaml", "learner.port=6200", env=env)
+    [call] = stubs.calls("gspo-async")
+    args, cfg = check_learner(call["argv"])
+    assert args.resume and args.start_if_missing
+    assert (cfg.learner.host, cfg.learner.advertise_host, cfg.learner.port) == ("0.0.0.0", "10.0.0.5", 6200)
+    assert cfg.learner.curve.secret_key == f"{keys_dir}/server.key_secret"
+    assert cfg.learner.curve.authorized_clients == f"{keys_dir}/authorized_clients"
+
+
+def test_learner_sh_refuses_an_unknown_resume_value(stubs):
+    proc = stubs.run("learner.sh", env={"GSPO_RESUME": "yes"}, check=False)
+    assert proc.returncode == 2 and "GSPO_RESUME must be 1, auto or 0" in proc.stderr
+    assert stubs.calls() == []
+
+
+def test_learner_sh_with_a_launcher_shards_one_learner_with_deepspeed(stubs):
+    """The README's multi-GPU line on a config whose engine is torch: the ranks must not each start a learner."""
+    assert load_config(ROOT / "configs/gpu_qwen2.5-1.5b.yaml").learner.engine == "torch"
+    stubs.run("learner.sh", "configs/gpu_qwen2.5-1.5b.yaml", env={"GSPO_LAUNCHER": "torchrun --nproc_per_node=2"})
+    [call] = stubs.calls("torchrun")
+    launch = torchrun.get_args_parser().parse_args(call["argv"])
+    _, cfg = check_learner(launch.training_script_args)
+    assert cfg.learner.engine == "deepspeed"
 
 
 def test_learner_sh_keeps_deepspeed_from_adding_local_rank(stubs):

@@ -4,7 +4,8 @@
 ``--engine deepspeed`` under ``torchrun --nproc_per_node=N`` makes rank 0 drive the steps through the command
 channel of :mod:`gspo_async.learner.distributed` while the other ranks run ``follower_loop`` (without torchrun it
 is a world of one). Rank 0 writes the final weights, the per-step metrics and the engine's construction time to
-``--out``.
+``--out``; with ``--save-after`` also the weights at the save and the Hugging Face export it wrote (gathered on
+rank 0 under ZeRO-3), which ``--resume`` starts from, as the learner does.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def make_batches(model: torch.nn.Module, steps: int) -> list[list[RolloutGroup]]
 
 def run(engine_name: str, *, zero: int = 2, steps: int = 3, tied: bool = False, correction: str = "behaviour",
         persist_threshold: int | None = None, save_after: int = 0, resume: bool = False,
-        ckpt: Path | None = None) -> dict | None:
+        ckpt: Path | None = None, eval_check: bool = False) -> dict | None:
     """Train `steps` steps (from the checkpoint in `ckpt` when `resume`); rank 0 returns weights and metrics."""
     extra = {}
     if persist_threshold is not None:  # 0: ZeRO-3 partitions even the smallest tensors
@@ -78,14 +79,16 @@ def run(engine_name: str, *, zero: int = 2, steps: int = 3, tied: bool = False, 
     cfg = make_config(engine_name, zero, steps, extra, correction)
     model = tiny_model(tied)
     batches = make_batches(model, steps)
+    if resume and (ckpt / "model").is_dir():  # the learner resumes from the checkpoint's Hugging Face export
+        model = AutoModelForCausalLM.from_pretrained(ckpt / "model").float()
     t0 = time.perf_counter()
     engine = build_backend(cfg, model)
     init_s = time.perf_counter() - t0
     trainer = Trainer(cfg, engine, pad_id=0)
     distributed = engine_name == "deepspeed"
     if distributed:
-        from gspo_async.learner.distributed import (announce_save, announce_weights, broadcast_batch,
-                                                    broadcast_object, follower_loop)
+        from gspo_async.learner.distributed import (announce_export, announce_save, announce_weights,
+                                                    broadcast_batch, broadcast_object, follower_loop)
 
     start = 0
     if resume:
@@ -102,6 +105,7 @@ def run(engine_name: str, *, zero: int = 2, steps: int = 3, tied: bool = False, 
         follower_loop(trainer)
         return None
     metrics = []
+    at_save = None
     for step in range(start, steps):
         if distributed:
             broadcast_batch(batches[step])
@@ -109,17 +113,31 @@ def run(engine_name: str, *, zero: int = 2, steps: int = 3, tied: bool = False, 
         metrics.append({k: m[k] for k in ("train/grad_norm", "train/lr")})
         if step + 1 == save_after:
             ckpt.mkdir(parents=True, exist_ok=True)
+            state = None
+            if distributed:
+                announce_export()
+                state = engine.export_state_dict()
+                announce_weights()
+            at_save = {name: t.clone() for name, t in engine.broadcast_tensors()}
+            engine.model.save_pretrained(ckpt / "model", state_dict=state)
             if distributed:
                 announce_save(ckpt / "deepspeed")
                 engine.save(ckpt / "deepspeed")
             torch.save({"engine": engine.state_dict(), "generator": trainer.generator.get_state(),
                         "step": step + 1}, ckpt / "trainer.pt")
+    eval_logits = None
+    if eval_check:  # what held-out evaluation runs on: under ZeRO-3 a copy gathered with every rank's help
+        if distributed:
+            announce_export()
+        with torch.no_grad():
+            eval_logits = engine.evaluation_model()(input_ids=torch.tensor([[5, 9, 3, 17, 2]])).logits.clone()
     if distributed:
         announce_weights()
     weights = {name: t.clone() for name, t in engine.broadcast_tensors()}
     if distributed:
         broadcast_batch(None)
-    return {"weights": weights, "metrics": metrics, "init_s": init_s, "world_size": engine.world_size}
+    return {"weights": weights, "metrics": metrics, "init_s": init_s, "world_size": engine.world_size,
+            "at_save": at_save, "eval_logits": eval_logits}
 
 
 def main() -> None:
@@ -133,10 +151,12 @@ def main() -> None:
     ap.add_argument("--save-after", type=int, default=0, help="checkpoint into --ckpt after this many steps")
     ap.add_argument("--resume", action="store_true", help="load --ckpt, then train the remaining steps")
     ap.add_argument("--ckpt", type=Path)
+    ap.add_argument("--eval-check", action="store_true", help="record the evaluation model's logits at the end")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     result = run(a.engine, zero=a.zero, steps=a.steps, tied=a.tied, correction=a.correction,
-                 persist_threshold=a.persist_threshold, save_after=a.save_after, resume=a.resume, ckpt=a.ckpt)
+                 persist_threshold=a.persist_threshold, save_after=a.save_after, resume=a.resume, ckpt=a.ckpt,
+                 eval_check=a.eval_check)
     if result is not None:
         torch.save(result, a.out)
 

@@ -53,6 +53,7 @@ def test_damaged_newest_checkpoint_is_skipped(tmp_path):
     assert load_latest(tmp_path).step == 1
 
 
+@pytest.mark.slow
 def test_save_killed_mid_write_leaves_the_previous_checkpoint(tmp_path):
     save(tmp_path, 1, model())
     # A bigger model so the write takes long enough to be caught in the middle.
@@ -76,6 +77,7 @@ def test_save_killed_mid_write_leaves_the_previous_checkpoint(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000001"]
 
 
+@pytest.mark.slow
 def test_full_disk_raises_cleans_up_and_keeps_the_previous(tmp_path):
     save(tmp_path, 1, model())
     # A size-limited process stands in for a full disk: any write past 64 KiB fails with EFBIG (an OSError).
@@ -129,3 +131,36 @@ def test_a_step_moved_aside_by_a_dead_resave_is_found_and_put_back(tmp_path):
     save(tmp_path, 6, m, keep=3)  # the next save tidies up
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["step-00000004", "step-00000005", "step-00000006"], names
+
+
+def test_cuda_generator_states_are_saved_and_restored(monkeypatch):
+    """No GPU here: torch.cuda's generator calls are replaced by a recorder, which is all the code touches."""
+    from gspo_async.learner import checkpoint
+
+    states = [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in states])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda new: restored.append(new))
+    saved = checkpoint.rng_state()
+    assert [s.tolist() for s in saved["cuda"]] == [[1, 2], [3]]
+    checkpoint.set_rng_state(saved)
+    assert [s.tolist() for s in restored[0]] == [[1, 2], [3]]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="same CUDA_VISIBLE_DEVICES"):
+        checkpoint.set_rng_state(saved)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    checkpoint.set_rng_state(saved)  # resumed without CUDA: CPU states restored, CUDA ones logged and skipped
+    assert len(restored) == 1
+    assert "cuda" not in checkpoint.rng_state()
+
+
+def test_exported_weights_replace_the_models_own(tmp_path):
+    """A ZeRO-3 rank holds only its partition: the checkpoint exports the gathered weights it is given."""
+    m = model()
+    full = {k: torch.full_like(v, 0.5) for k, v in m.state_dict().items()}
+    path = save_checkpoint(tmp_path, step=1, version=1, model=m, tokenizer=None, trainer_state={}, state={}, keep=1,
+                           model_state=full)
+    loaded = AutoModelForCausalLM.from_pretrained(path / "model")
+    assert all(bool((v == 0.5).all()) for v in loaded.state_dict().values())

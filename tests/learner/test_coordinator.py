@@ -276,6 +276,7 @@ def test_actors_report():
     c, clock = make()
     c.lease("a0", 2)
     clock.t += 0.5
+    c.set_version(3)
     c.heartbeat("a0", 3, {"tokens_per_s": 42.0}, unacked=1)
     clock.t += 0.25
     (a,) = c.actors()
@@ -395,3 +396,52 @@ def test_closed_intake_grants_no_lease_and_accepts_no_group():
     assert {p["prompt_id"]: p["state"] for p in state["open"]} == {leased[0].prompt_id: "buffered",
                                                                    leased[1].prompt_id: "leased"}
     assert c.counters()["groups_retry_later"] == 1 and c.accounting()["balanced"]
+
+
+def test_renamed_ids_obey_the_id_rule_and_bad_ids_are_refused():
+    from gspo_async.telemetry.names import actor_metric
+
+    c, _ = make()
+    base = "x" * 127
+    assert c.register(base, "first", "fake") == base
+    second = c.register(base, "second", "fake")  # was '<127 x>-2': 129 characters, a telemetry crash
+    assert second == "x" * 126 + "-2" and len(second) == 128
+    assert actor_metric(second, "tokens_per_s")  # a valid metric name
+    for bad in ("a!b", "y" * 129, ""):
+        with pytest.raises(ValueError, match="actor id"):
+            c.register(bad, "i", "fake")
+
+
+def test_a_hog_gets_its_fair_share_and_the_other_actor_is_served():
+    c, _ = make()  # groups_per_step 4, max_staleness 1: admission allows 8 leases at version 0
+    c.register("a1", "i1", "fake")
+    hog, reason = c.lease("a0", 2**31 - 1)
+    assert len(hog) == 4  # ceil(8 / 2 actors)
+    assert c.lease("a0", 1) == ([], "actor_cap") and c.n["leases_capped"] == 1
+    got, _ = c.lease("a1", 10)
+    assert len(got) == 4  # the other actor's share is still there
+    assert c.lease("a1", 1) == ([], "admission")  # now admission itself is closed
+
+
+def test_a_group_id_reused_for_another_prompt_is_refused_with_its_own_code():
+    c, _ = make()
+    (p0, p1), _ = c.lease("a0", 2)
+    first = group_for(p0, gid="g")
+    assert c.offer("a0", first) == "accepted"
+    assert c.offer("a0", group_for(p0, gid="g")) == "duplicate"  # a resend
+    with pytest.raises(ProtocolError) as err:
+        c.offer("a0", group_for(p1, gid="g"))
+    assert err.value.code == "group_id_reused"
+    (taken,) = c.take(1)
+    c.mark_trained([taken])  # still told apart after its prompt ended
+    with pytest.raises(ProtocolError, match="group_id_reused"):
+        c.offer("a0", group_for(p1, gid="g"))
+    assert c.offer("a0", group_for(p1, gid="g2")) == "accepted"
+
+
+def test_a_heartbeat_from_the_future_is_forged():
+    c, _ = make()
+    c.allow_version(1)
+    c.heartbeat("a0", 1, {})
+    with pytest.raises(ProtocolError, match="forged_version"):
+        c.heartbeat("a0", 2, {})

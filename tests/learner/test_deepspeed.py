@@ -22,7 +22,6 @@ WORKER = Path(__file__).with_name("ds_worker.py")
 # Weights: fp32 sums in another order differ by ~1e-7; a lost or double-counted micro-batch moves them by ~1e-2.
 # A wrong global gradient scale leaves AdamW's clipped steps unchanged but not the reported (pre-clip) grad norm.
 TOL = 1e-5
-MAX_INIT_S = 10.0  # engine construction: ~1.5 s; with the shared-memory op built by g++ it took 54 s here
 
 
 def _load_worker():
@@ -41,21 +40,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(tmp_path: Path, out: str, *args: str, ranks: int = 2) -> dict:
-    """Run the worker on `ranks` processes (torchrun, or plain python for 1) and return rank 0's result."""
+def launch(tmp_path: Path, out: str, *args: str, ranks: int = 2, nodes: int = 1) -> dict:
+    """Run the worker on `ranks` processes (torchrun, or plain python for 1) and return rank 0's result.
+
+    `nodes` > 1: one torchrun per "node" (``--nnodes nodes --node_rank i``, `ranks` processes each) on this machine,
+    meeting at one rendezvous address, as torchrun on several machines would."""
     ext = tmp_path / "torch_extensions"  # a fresh JIT cache: anything built lands here
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(ext), "OMP_NUM_THREADS": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}",
-                "--master_addr=127.0.0.1", f"--master_port={_free_port()}"] if ranks > 1 else [sys.executable]
-    cmd = [*launcher, str(WORKER), "--engine", "deepspeed", "--out", str(tmp_path / out), *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    port = _free_port()
+    worker_args = [str(WORKER), "--engine", "deepspeed", "--out", str(tmp_path / out), *args]
+    if ranks == 1 and nodes == 1:
+        cmds = [[sys.executable, *worker_args]]
+    else:
+        cmds = [[sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--node_rank={node}",
+                 f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1", f"--master_port={port}", *worker_args]
+                for node in range(nodes)]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for cmd in cmds]
+    for cmd, proc in zip(cmds, procs):
+        try:
+            stdout, stderr = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+        assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{stdout[-3000:]}\n{stderr[-6000:]}"
     built = [p.name for p in ext.rglob("*")] if ext.exists() else []
+    # The structural check for a g++ build (which took 54 s here, against ~1.5 s for the engine's construction):
+    # its output lands in the fresh extensions directory. No stopwatch: a loaded machine is slow either way.
     assert not built, f"DeepSpeed JIT-compiled an op ({built}): the shared-memory op patch is not in effect"
     result = torch.load(tmp_path / out, weights_only=False)
-    assert result["init_s"] < MAX_INIT_S, f"engine construction took {result['init_s']:.1f}s (a g++ build?)"
     return result
 
 
@@ -104,7 +120,7 @@ def test_config_merges_extra_into_zero_section():
     ({"gradient_accumulation_steps": 4}, "optim.micro_batch_size"),
     ({"optimizer": {"type": "Adam"}}, "optim.*"),
     ({"zero_optimization": {"stage": 1}}, "learner.deepspeed.zero_stage"),
-    ({"bf16": {"enabled": True}}, "fp32"),
+    ({"bf16": {"enabled": True}}, "model.dtype"),
 ])
 def test_config_rejects_keys_the_engine_owns(extra, words):
     with pytest.raises(ValueError, match="learner.deepspeed.extra") as err:
@@ -112,9 +128,27 @@ def test_config_rejects_keys_the_engine_owns(extra, words):
     assert words in str(err.value)
 
 
-def test_bf16_is_allowed_on_gpu():
-    ds = deepspeed_config(_cfg(extra={"bf16": {"enabled": True}}), on_gpu=True)
-    assert ds["bf16"] == {"enabled": True}
+def _dtype_cfg(dtype: str, **deepspeed):
+    return config_from_dict({"model": {"dtype": dtype}, "learner": {"engine": "deepspeed", "deepspeed": deepspeed,
+                                                                    "eval_every": 0}})
+
+
+def test_precision_comes_from_model_dtype():
+    assert deepspeed_config(_dtype_cfg("bfloat16"), on_gpu=True)["bf16"] == {"enabled": True}
+    fp16 = deepspeed_config(_dtype_cfg("float16", extra={"fp16": {"loss_scale_window": 500}}), on_gpu=True)
+    assert fp16["fp16"] == {"enabled": True, "loss_scale": 0, "loss_scale_window": 500}
+    fp32 = deepspeed_config(_dtype_cfg("float32"), on_gpu=True)
+    assert "bf16" not in fp32 and "fp16" not in fp32
+    with pytest.raises(ValueError, match="needs learner.device: cuda"):
+        deepspeed_config(_dtype_cfg("bfloat16"), on_gpu=False)
+
+
+def test_pure_low_precision_is_refused_for_deepspeed():
+    from gspo_async.config import ConfigError
+
+    with pytest.raises((ValueError, ConfigError), match="DeepSpeed always keeps fp32 master weights"):
+        config_from_dict({"model": {"dtype": "bfloat16"},
+                          "learner": {"engine": "deepspeed", "precision": "pure", "eval_every": 0}})
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
@@ -176,16 +210,57 @@ def test_zero2_two_ranks_match_torch_engine_and_checkpoint_resumes(tmp_path, ref
     assert resume_diff < TOL
 
 
+@pytest.mark.slow
 def test_zero3_tied_embeddings_and_no_grad_passes_match_torch_engine(tmp_path):
     """ZeRO-3 with every tensor partitioned: the trainer's direct use of the (tied) output embedding, the
-    pi_prox passes of the decoupled correction, and the bucketed gather of broadcast_tensors."""
-    want = worker.run("torch", tied=True, correction="decoupled")
-    got = launch(tmp_path, "z3.pt", "--zero", "3", "--tied", "--correction", "decoupled", "--persist-threshold", "0")
+    pi_prox passes of the decoupled correction, the bucketed gather of broadcast_tensors, and the gathered copy
+    rank 0 evaluates on."""
+    want = worker.run("torch", tied=True, correction="decoupled", eval_check=True)
+    got = launch(tmp_path, "z3.pt", "--zero", "3", "--tied", "--correction", "decoupled", "--persist-threshold", "0",
+                 "--eval-check")
     diff = assert_same_training(got, want)
+    assert float((got["eval_logits"] - want["eval_logits"]).abs().max()) < 1e-4
     print(f"ZeRO-3 x2 (tied, decoupled) vs torch: max |dw| {diff:.2e}")
 
 
+@pytest.mark.slow
 def test_single_rank_without_launcher_matches_torch_engine(tmp_path, reference):
     got = launch(tmp_path, "one.pt", "--zero", "1", ranks=1)
     assert got["world_size"] == 1
     assert_same_training(got, reference)
+
+
+@pytest.mark.slow
+def test_zero3_gathered_export_and_resume_match_an_uninterrupted_run(tmp_path):
+    """ZeRO-3 over two gloo ranks, every tensor partitioned: the Hugging Face export written after step 2 holds the
+    whole gathered weights, and two fresh processes that start from that export plus the DeepSpeed partitions and
+    train step 3 end where the uninterrupted 3-step run ended."""
+    from transformers import AutoModelForCausalLM
+
+    ckpt = tmp_path / "ckpt"
+    z3 = ("--zero", "3", "--persist-threshold", "0")
+    full = launch(tmp_path, "full.pt", *z3, "--save-after", "2", "--ckpt", str(ckpt))
+    exported = dict(AutoModelForCausalLM.from_pretrained(ckpt / "model").named_parameters())
+    assert set(exported) == set(full["at_save"])
+    export_diff = max_diff({k: v.detach() for k, v in exported.items()}, full["at_save"])
+    assert export_diff == 0.0  # the export is the gathered weights themselves
+    want = worker.run("torch", save_after=2, ckpt=tmp_path / "torch")["at_save"]  # the torch engine's after 2
+    assert max_diff(full["at_save"], want) < TOL
+
+    resumed = launch(tmp_path, "resumed.pt", *z3, "--resume", "--ckpt", str(ckpt))
+    assert len(resumed["metrics"]) == 1
+    assert resumed["metrics"][0] == pytest.approx(full["metrics"][2], rel=1e-6)
+    resume_diff = max_diff(resumed["weights"], full["weights"])
+    print(f"ZeRO-3 x2: export vs gathered weights {export_diff:.1e}; resume after step 2 vs uninterrupted: max |dw| "
+          f"{resume_diff:.2e}")
+    assert resume_diff < TOL
+
+
+@pytest.mark.slow
+def test_two_nodes_train_like_the_torch_engine(tmp_path, reference):
+    """Two "nodes" (one torchrun each, --nnodes 2, one process per node) on one machine over gloo: global rank 0
+    drives, the other node's rank follows; same training as the plain torch engine."""
+    got = launch(tmp_path, "nodes.pt", "--zero", "2", ranks=1, nodes=2)
+    assert got["world_size"] == 2
+    diff = assert_same_training(got, reference)
+    print(f"ZeRO-2 on 2 nodes x 1 rank vs torch: max |dw| {diff:.2e}")

@@ -312,3 +312,65 @@ def test_oversized_messages_are_answered_too_large(server, peer):
     assert reply.code == "too_large" and server.counters()["rejected_by_reason"] == {"too_large": 1}
     peer.send(Heartbeat(0, {}, 0, rid=8))
     assert peer.recv().rid == 8
+
+
+def test_welcome_carries_no_key_paths():
+    server = LearnerServer(Coordinator(PromptSource([(0, [1], "x")]), groups_per_step=1, group_size=2,
+                                       max_staleness=0, lease_timeout_s=30.0, heartbeat_timeout_s=5.0),
+                           limits=LIMITS, welcome_extra={"config": {
+                               "learner": {"host": "127.0.0.1", "curve": {"secret_key": "/keys/server.key_secret"}},
+                               "actor": {"curve": {"secret_key": "/keys/client0.key_secret"}, "device": "cpu"}}})
+    server.start()
+    peer = RawActor(f"127.0.0.1:{server.port}")
+    try:
+        welcome = peer.register("a0")
+        assert welcome.config == {"learner": {"host": "127.0.0.1"}, "actor": {"device": "cpu"}}
+        assert "key_secret" not in str(msgpack.unpackb(encode(welcome)[0], raw=False))
+    finally:
+        peer.close()
+        server.close()
+
+
+def test_status_is_paged_and_rate_limited(server, peer):
+    from gspo_async.learner.guards import STATUS_BURST, STATUS_RATE_PER_S, TokenBucket
+    from gspo_async.protocol.messages import STATUS_PAGE_MAX, StatusReply, StatusRequest
+
+    with server._lock:  # 150 registered actors, more than one page
+        for i in range(150):
+            server.coordinator.register(f"x{i}", f"i{i}", "hf")
+    peer.send(StatusRequest(rid=1, offset=0))
+    first = peer.recv()
+    peer.send(StatusRequest(rid=2, offset=STATUS_PAGE_MAX, limit=100))
+    second = peer.recv()
+    assert isinstance(first, StatusReply) and len(first.actors) == STATUS_PAGE_MAX and first.total_actors == 150
+    assert [a.actor_id for a in second.actors] == [f"x{i}" for i in range(100, 150)] and second.offset == 100
+    # a frozen clock for the bucket: no refill, so exactly the burst left after the two pages is answered
+    server._status_bucket = TokenBucket(STATUS_RATE_PER_S, STATUS_BURST, clock=lambda: 0.0)
+    for _ in range(STATUS_BURST + 10):
+        peer.send(StatusRequest(rid=3))
+    replies = [peer.recv() for _ in range(STATUS_BURST + 10)]
+    refused = [r for r in replies if isinstance(r, ErrorReply)]
+    assert len(refused) == 10 and all(r.code == "rate_limited" and r.rid == 3 for r in refused)
+    assert server.counters()["status_refused"] == len(refused)
+
+
+def test_a_group_of_another_run_is_refused_by_name_not_as_forgery():
+    server = make_server()
+    server.run_id = "run-new"
+    peer = RawActor(f"127.0.0.1:{server.port}")
+    try:
+        assert peer.register("old").run_id == "run-new"
+        [prompt] = lease(peer, 1)
+        g = canned_group(prompt, 2, 0, "old", vocab_size=64)
+        g.run_id = "run-old"
+        g.responses[0].version_spans = np.array([[300, 0, 4]], np.int32)  # the old run's version 300: not forgery
+        peer.send(g)
+        reply = peer.recv()
+        assert isinstance(reply, ErrorReply) and reply.code == "other_run" and reply.ref == g.group_id, reply
+        assert "from run run-old, this is run run-new" in reply.message
+        g.run_id, g.responses[0].version_spans = "run-new", np.array([[0, 0, 4]], np.int32)
+        peer.send(g)
+        assert isinstance(peer.recv(), Ack)  # the same group for this run is taken
+    finally:
+        peer.close()
+        server.close()

@@ -82,6 +82,7 @@ def test_non_loopback_bind_needs_keys_or_the_insecure_flag(keys):
         server.close()
 
 
+@pytest.mark.slow
 def test_curve_endpoint_serves_only_authorised_actors(keys):
     root, other = keys
     server = LearnerServer(coordinator(), limits=LIMITS, curve=CurveServerKeys.load(root / "server.key_secret"))

@@ -208,3 +208,23 @@ def test_heartbeat_ack_updates_the_version(learner):
     learner.send(routing, HeartbeatAck(5, learner.session))
     wait_until(lambda: client.version == 5, what="version from a heartbeat answer")
     client.close()
+
+
+def test_a_learner_of_another_run_makes_the_client_drop_the_old_runs_groups(learner):
+    client = ActorClient(learner.address, "a0", engine="fake")
+    done = {}
+    t = threading.Thread(target=lambda: done.update(w=client.connect(5)))
+    t.start()
+    learner.accept_register(run_id="run-A")
+    t.join(5)
+    assert client.run_id == "run-A"
+    group = canned_group(LEASE, 2, 0, "a0")
+    client.push(group)
+    _, sent = learner.recv(types=(RolloutGroup,))
+    assert sent.run_id == "run-A"  # every group names the run it was made for
+    learner.session = "session-2"  # a new learner, of a new run, on the same address
+    learner.accept_register(run_id="run-B")
+    assert client.wait_acked(5)  # nothing left pending: the old run's group was dropped, not resent
+    assert client.counters["other_run"] == 1 and client.run_id == "run-B"
+    assert list(client.rejected)[-1][:2] == (group.group_id, "other_run")
+    client.close()

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from gspo_async.protocol.codec import decode, decode_from_learner, encode, normalize_group
+from gspo_async.protocol.fields import FLOAT32_MAX
+from gspo_async.protocol.messages import MAX_ABS_REWARD
 from gspo_async.protocol.messages import (
     SCHEMA_VERSION, TO_ACTOR, TO_LEARNER, Ack, ErrorReply, Goodbye, Heartbeat, HeartbeatAck, Lease, LeaseRequest,
     Limits, PromptLease, Register, Response, RolloutGroup, WeightVersion, Welcome)
@@ -137,13 +139,13 @@ def groups(draw):
         versions = sorted(draw(st.lists(st.integers(0, version), min_size=len(bounds) - 1,
                                         max_size=len(bounds) - 1)))
         spans = [[v, a, b] for v, a, b in zip(versions, bounds[:-1], bounds[1:])]
-        reward = draw(st.floats(allow_nan=False, allow_infinity=False))
+        reward = draw(st.floats(-MAX_ABS_REWARD, MAX_ABS_REWARD))  # the declared range
         responses.append(Response(tokens, logprobs, reward,
                                   draw(st.sampled_from(["stop", "length", "abort"])), np.array(spans, np.int32)))
-    ident = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=40)
+    ident = st.from_regex(r"[A-Za-z0-9_.:@-]{1,40}", fullmatch=True)  # the id rule of protocol/ids.py
     prompt = draw(st.lists(st.integers(0, vocab - 1), min_size=1, max_size=30))
     timings = draw(st.dictionaries(st.from_regex(r"[a-z_]{1,12}", fullmatch=True),
-                                   st.floats(allow_nan=False, allow_infinity=False), max_size=4))
+                                   st.floats(0.0, FLOAT32_MAX), max_size=4))
     group = RolloutGroup(draw(ident), draw(st.integers(0, 2**63 - 1)), draw(ident), np.array(prompt, np.int32),
                          responses, timings)
     limits = Limits(vocab_size=vocab, max_prompt_tokens=30, max_response_tokens=40, group_size=g)

@@ -82,8 +82,8 @@ def test_status_messages_round_trip_and_are_validated():
 
 
 def test_actor_status_fields_are_documented():
-    for name in ACTOR_STATUS.fields:
-        assert f"| `{name}` |" in DOC, name
+    for f in ACTOR_STATUS.fields:
+        assert f"| `{f.name}` |" in DOC, f.name
 
 
 def test_status_reports_each_actor_and_the_accounting(server, clock):
@@ -94,7 +94,8 @@ def test_status_reports_each_actor_and_the_accounting(server, clock):
         a1.register("a1", "i1")
         heartbeat(a0, 0, 250.0)
         heartbeat(a1, 0, float("nan"))  # a rate not known yet travels as 0
-        assert len(lease(a0, 3)) == 3 and len(lease(a1, 1)) == 1  # capacity (1 + 0 + 1) * 2 = 4
+        # admission (1 + 0 + 1) * 2 = 4 leases, each of the two actors at most its fair share ceil(4 / 2) = 2
+        assert len(lease(a0, 3)) == 2 and len(lease(a1, 3)) == 2
         clock.now += 2.5
         reply = query_status(f"127.0.0.1:{server.port}", timeout_s=5)
     finally:
@@ -102,8 +103,8 @@ def test_status_reports_each_actor_and_the_accounting(server, clock):
         a1.close()
     rows = {r.actor_id: r for r in reply.actors}
     assert set(rows) == {"a0", "a1"}
-    assert (rows["a0"].engine, rows["a0"].version, rows["a0"].tokens_per_s, rows["a0"].leases) == ("raw", 0, 250.0, 3)
-    assert (rows["a1"].tokens_per_s, rows["a1"].leases) == (0.0, 1)
+    assert (rows["a0"].engine, rows["a0"].version, rows["a0"].tokens_per_s, rows["a0"].leases) == ("raw", 0, 250.0, 2)
+    assert (rows["a1"].tokens_per_s, rows["a1"].leases) == (0.0, 2)
     assert rows["a0"].last_contact_s == pytest.approx(2.5) and rows["a1"].last_contact_s == pytest.approx(2.5)
     assert rows["a0"].registered_s == pytest.approx(3.5) and rows["a0"].address == "127.0.0.1"
     assert reply.session == server.session and reply.version == 0
@@ -131,7 +132,7 @@ def test_a_status_query_never_joins_the_fleet_nor_refreshes_an_actor(server, clo
         assert after.counters["actors_registered"] == 1 and after.counters["actors_alive"] == 1
         assert server.counters()["received_status_request"] == 6
         clock.now += 2.5  # 5.5 s without a real message: the status queries did not keep it alive
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60  # a condition awaited, not a timing bound: the tick runs every 0.1 s
         while server.live_actor_ids() and time.monotonic() < deadline:
             time.sleep(0.02)  # the server's tick runs every 0.1 s
         assert server.live_actor_ids() == []
@@ -170,7 +171,7 @@ def test_no_learner_is_a_clear_error_within_the_timeout(capsys):
         sock.close(linger=0)
     t0 = time.monotonic()
     assert print_status(f"127.0.0.1:{port}", timeout_s=0.5) == 1
-    assert time.monotonic() - t0 < 3.0
+    assert time.monotonic() - t0 >= 0.5  # it waited out the timeout (a hang would be caught by pytest-timeout)
     err = capsys.readouterr().err
     assert "no learner answered" in err and f"127.0.0.1:{port}" in err
 
@@ -228,9 +229,11 @@ def test_status_over_curve_needs_an_authorised_key(keys, capsys):
             (root / "client0.key_secret", other / "server.key"): "wrong --server-key"}
         for (key, server_key), says in refusals.items():
             t0 = time.monotonic()
-            assert print_status(address, timeout_s=5, key=key and str(key),
+            assert print_status(address, timeout_s=300, key=key and str(key),
                                 server_key=server_key and str(server_key)) == 1
-            assert time.monotonic() - t0 < 4  # refused at the handshake, not after the timeout
+            # Refused at the handshake, not after the timeout: the bound is far from both a loaded machine's
+            # handshake (seconds) and the timeout (300 s).
+            assert time.monotonic() - t0 < 100
             err = capsys.readouterr().err
             assert err.startswith("error: ") and says in err, err
         assert server.live_actor_ids() == [] and server.counters()["handshakes_failed"] >= 3

@@ -35,6 +35,7 @@ def actors():
         a.close()
 
 
+@pytest.mark.slow
 def test_killed_actor_loses_no_prompt(actors):
     server = serve(coordinator())
     try:
@@ -62,6 +63,7 @@ def test_killed_actor_loses_no_prompt(actors):
         server.close()
 
 
+@pytest.mark.slow
 def test_frozen_actor_is_declared_dead_then_comes_back_and_its_late_groups_count(actors):
     server = serve(coordinator())
     try:
@@ -84,6 +86,7 @@ def test_frozen_actor_is_declared_dead_then_comes_back_and_its_late_groups_count
         server.close()
 
 
+@pytest.mark.slow
 def test_learner_restart_unacked_groups_are_resent_and_consumed_once(actors):
     first = serve(coordinator())
     port = first.port
@@ -127,6 +130,7 @@ def test_learner_restart_unacked_groups_are_resent_and_consumed_once(actors):
         second.close()
 
 
+@pytest.mark.slow
 def test_two_actors_asynchronous_run_respects_the_staleness_bound(actors):
     server = serve(coordinator(groups_per_step=4, max_staleness=1, heartbeat_timeout_s=5.0))
     steps = 8

@@ -89,8 +89,16 @@ def one_flaw_groups(prompt: PromptLease, limits: Limits, version: int, sender: s
         ("wrong_group_size", short_group, "group_size"),
         ("prompt_mismatch", forged_prompt, "prompt_mismatch"),
         ("unknown_prompt", unknown, "unknown_prompt"),
-        ("duplicate_group_id", dup, "duplicate"),
+        ("reused_group_id", dup, "group_id_reused"),  # an accepted group's id, for another prompt
+        ("duplicate_group", accepted, "duplicate"),  # the accepted group itself, resent
+        ("huge_reward", group(reward=1e308), "bad_number"),  # finite, but no float32
+        ("negative_timing", _with_timing(group(), -1.0), "bad_number"),
     ]
+
+
+def _with_timing(g: RolloutGroup, seconds: float) -> RolloutGroup:
+    g.timings = {"gen_s": seconds}
+    return g
 
 
 class HostilePeer:

@@ -78,7 +78,8 @@ def test_random_actor_kills_and_restarts_lose_no_prompt_and_train_none_twice(clu
     assert set(figures["drop_reasons"]) <= {"stale", "lease_attempts"}, figures["drop_reasons"]
     assert n["actors_registered"] >= registered
     record({"faults": faults, "steps": summary["steps"], "versions_during_churn": end_version - start_version,
-            "groups_lost": 0, "prompts_trained_twice": figures["prompts_ended_twice"],
+            "groups_lost": figures["accepted_groups_unaccounted"], "prompts_trained_twice": figures["prompts_ended_twice"],
             "leases_orphaned": n["leases_orphaned"], "leases_returned": n["leases_returned"],
             "leases_reissued": n["leases_reissued"], "groups_duplicate": n["groups_duplicate"],
             "actors_dead": n["actors_dead"], "actors_left": n["actors_left"], **figures})
+    assert figures["accepted_groups_unaccounted"] == 0, figures  # acknowledged as accepted, then never ended

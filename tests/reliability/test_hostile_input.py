@@ -166,7 +166,7 @@ def test_hostile_peer_is_refused_and_counted_while_the_learner_trains_on(cluster
     assert n["internal_errors"] == 0, n
     assert acc["balanced"], acc
     rejected_in_offer = sum(v for k, v in n["groups_rejected_by_reason"].items()
-                            if k in ("unknown_prompt", "prompt_mismatch"))
+                            if k in ("unknown_prompt", "prompt_mismatch", "group_id_reused"))
     assert n["groups_received"] == (n["groups_accepted"] + n["groups_duplicate"] + n["groups_retry_later"]
                                     + n["groups_late_for_dropped"] + rejected_in_offer), n
 
@@ -174,7 +174,8 @@ def test_hostile_peer_is_refused_and_counted_while_the_learner_trains_on(cluster
     ledger, figures = check_ledger(c.run_dir)
     figures.update(check_against_final_checkpoint(c.run_dir, ledger))
     records = [*ledger.trained.values(), *ledger.dropped.values()]
-    refused_ids = {g.group_id for _, g, expected in cases if expected != "duplicate"}
+    # (the reused id is the control group's own: the control's record is checked below to name its own prompt)
+    refused_ids = {g.group_id for _, g, expected in cases if expected not in ("duplicate", "group_id_reused")}
     assert not refused_ids & {r.get("group_id") for r in records}
     from_hostile = [r for r in records if r.get("actor_id") == sender]
     assert all(r["group_id"] == control.group_id and r["prompt_id"] == control.prompt_id for r in from_hostile), \

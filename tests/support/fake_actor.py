@@ -7,7 +7,8 @@ Run: python -m tests.support.fake_actor --address HOST:PORT --id NAME [--ack-tim
     {"cmd": "lease", "n": 4, "timeout": 5}     -> {"prompt_ids": [...], "reason"}      (leases are remembered)
     {"cmd": "push", "prompt_ids": [...]}       -> {"group_ids": [...]}   (canned groups for held leases; all if absent)
     {"cmd": "wait_acked", "timeout": 5}        -> {"acked": bool, "unacked": n}
-    {"cmd": "status"}                          -> {"unacked", "version", "session", "actor_id", "held", "counters"}
+    {"cmd": "status"}                          -> {"unacked", "version", "session", "actor_id", "held", "counters",
+                                                   "acks": {group id: final ack status}}
     {"cmd": "run", "groups": N, "until_version": V, "timeout": 30} -> {"pushed": k}  (lease + push, then wait acks)
     {"cmd": "close", "return_leases": [...]}   -> {"closed": true}, then the process exits
 
@@ -30,10 +31,14 @@ from tests.support.canned import canned_group
 class FakeActor:
     def __init__(self, args: argparse.Namespace):
         curve = CurveClientKeys.load(args.curve_secret, args.curve_server) if args.curve_secret else None
+        self.acks: dict[str, str] = {}  # the ack log: group id -> final status, as the learner answered
         self.client = ActorClient(args.address, args.id, engine="fake", curve=curve, ack_timeout_s=args.ack_timeout,
-                                  stats_fn=self.stats)
+                                  stats_fn=self.stats, on_ack=self._on_ack)
         self.held: dict[int, object] = {}  # prompt id -> PromptLease not pushed yet
         self.pushed = 0
+
+    def _on_ack(self, group_id: str, status: str) -> None:
+        self.acks[group_id] = status
 
     def stats(self) -> dict:
         return {"tokens_per_s": 100.0, "groups_total": self.pushed}
@@ -68,7 +73,7 @@ class FakeActor:
     def status(self) -> dict:
         c = self.client
         return {"unacked": c.unacked(), "version": c.version, "session": c.learner_session, "actor_id": c.actor_id,
-                "held": sorted(self.held), "counters": dict(c.counters)}
+                "held": sorted(self.held), "counters": dict(c.counters), "acks": dict(self.acks)}
 
     def run(self, groups: int = 10**9, timeout: float = 30.0, per_lease: int = 4,
             until_version: int | None = None) -> dict:

@@ -3,15 +3,14 @@ import pytest
 from gspo_async.engines.base import SamplingSettings
 from gspo_async.engines.hf import HFEngine
 from gspo_async.tasks.scoring import RewardRunner
-from gspo_async.models.tiny import build_tiny
 from gspo_async.tasks.base import PromptItem
 from gspo_async.tasks.evaluate import evaluate
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    out = build_tiny(tmp_path_factory.mktemp("tiny"), warmup_steps=30, warmup_target_accuracy=None, num_threads=None)
-    return HFEngine(out, seed=0)
+def engine(tiny_cache):
+    # the same cached build as tests/engines/test_hf.py: any briefly warmed-up model serves here
+    return HFEngine(tiny_cache(warmup_steps=150, warmup_target_accuracy=None), seed=0)
 
 
 def test_accuracy_counts_greedy_answers_against_hand_scored_ones(engine):

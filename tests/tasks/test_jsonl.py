@@ -52,3 +52,21 @@ def test_non_object_and_missing_file(tmp_path):
         read_jsonl(f, "prompt", "answer")
     with pytest.raises(ValueError, match="does not exist"):
         read_jsonl(tmp_path / "nope.jsonl", "prompt", "answer")
+
+
+def test_chat_records_with_messages_and_the_answer_as_last_assistant_turn(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": f"{i}+1?"}, {"role": "assistant", "content": str(i + 1)}],
+             "level": i} for i in range(10)]
+    rows.append({"messages": [{"role": "user", "content": "x?"}], "answer": "y", "level": 99})
+    f = write(tmp_path / "chat.jsonl", [json.dumps(r) for r in rows])
+    task = get_task("jsonl", path=str(f), eval_size=2)
+    items = {it.index: it for it in task.eval_items() + list(itertools.islice(task.train_items(0), 9))}
+    assert items[3].prompt == [{"role": "user", "content": "3+1?"}] and items[3].answer == "4"
+    assert items[3].meta == {"level": 3}
+    assert items[10].prompt == [{"role": "user", "content": "x?"}] and items[10].answer == "y"
+
+
+def test_chat_record_with_a_bad_message_names_the_line(tmp_path):
+    f = write(tmp_path / "bad.jsonl", [json.dumps({"messages": [{"role": "user", "text": "hi"}], "answer": "1"})])
+    with pytest.raises(ValueError, match=r"bad.jsonl line 1 field 'messages': message 0"):
+        get_task("jsonl", path=str(f), eval_size=0)

@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from gspo_async.telemetry.names import (ACTOR_METRICS, HIST, KINDS, LAG_BINS, LENGTH_BINS, METRICS, N_LENGTH_BINS,
-                                        actor_metric, bin_label, length_bin, lookup, prometheus_name,
-                                        split_actor_name)
+from gspo_async.telemetry.names import (ACTOR_METRICS, COUNTER, EVENTS, GAUGE, HIST, KINDS, LAG_BINS, LENGTH_BINS,
+                                        METRICS, N_LENGTH_BINS, WINDOWS, actor_metric, bin_label, bin_upper,
+                                        length_bin, lookup, prometheus_name, split_actor_name)
 
 # design.md §5, verbatim.
 DESIGN_NAMES = [
@@ -19,8 +19,8 @@ DESIGN_NAMES = [
     "buffer/groups", "leases/in_flight", "actors/alive", "weights/sync_s", "weights/bytes", "weights/version_skew_max",
 ]
 # Required by the telemetry issue on top of design §5.
-ISSUE_NAMES = ["staleness/hist_tokens", "staleness/in_flight_mean", "staleness/queued_mean", "buffer/age_mean_s",
-               "leases/age_mean_s", "drops/length_hist_dropped", "drops/length_hist_kept", "response/length_mean"]
+ISSUE_NAMES = ["staleness/hist_tokens", "buffer/age_mean_s", "leases/age_mean_s", "drops/length_hist_dropped",
+               "drops/length_hist_kept", "response/length_mean", "learner/busy_frac_since_start", "leases/capacity"]
 
 
 @pytest.mark.parametrize("name", DESIGN_NAMES + ISSUE_NAMES)
@@ -38,6 +38,14 @@ def test_every_entry_is_well_formed(spec):
     assert spec.description and "\n" not in spec.description and len(spec.description) < 120
     assert re.fullmatch(r"[a-z0-9_/]+", spec.name)
     assert (spec.bins in (LAG_BINS, LENGTH_BINS)) == (spec.kind == HIST)
+    assert spec.window in WINDOWS
+    assert bool(spec.prometheus) == (spec.kind == HIST)  # every histogram-list is a named Prometheus histogram
+
+
+def test_event_markers_are_counters_or_the_start_time():
+    for name in EVENTS:
+        assert METRICS[name].kind == COUNTER or name == "learner/started_at", name
+    assert METRICS["learner/started_at"].kind == GAUGE
 
 
 def test_staleness_hists_are_lists_by_lag():
@@ -63,6 +71,8 @@ def test_prometheus_name_mapping():
     assert prometheus_name("train/loss") == "gspo_train_loss"
     assert prometheus_name("throughput/gen_tokens_per_s") == "gspo_throughput_gen_tokens_per_s"
     assert prometheus_name("actor/gpu-0/tokens_per_s") == "gspo_actor_tokens_per_s"
+    assert prometheus_name("staleness/hist") == "gspo_staleness"
+    assert prometheus_name("drops/length_hist_kept") == "gspo_response_length_trained"
 
 
 def test_unknown_name_is_rejected_with_a_suggestion():
@@ -85,10 +95,21 @@ def test_actor_family_is_validated_by_suffix():
         lookup("actor/a b/tokens_per_s")
 
 
-@pytest.mark.parametrize("tokens, index", [(0, 0), (1, 0), (1.9, 0), (2, 1), (3, 1), (4, 2), (127, 6), (128, 7),
-                                           (2 ** 16, 16), (10 ** 9, N_LENGTH_BINS - 1)])
+# The bit length of the token count, as the coordinator bins each response: bin b holds [2^(b-1), 2^b - 1].
+@pytest.mark.parametrize("tokens, index", [(0, 0), (1, 1), (1.9, 1), (2, 2), (3, 2), (4, 3), (7, 3), (8, 4), (15, 4),
+                                           (16, 5), (127, 7), (128, 8), (2 ** 16 - 1, 16), (2 ** 16, 17),
+                                           (10 ** 9, N_LENGTH_BINS - 1)])
 def test_length_bin_by_hand(tokens, index):
     assert length_bin(tokens) == index
+
+
+def test_every_length_lands_in_the_bin_its_label_names():
+    spec = METRICS["drops/length_hist_kept"]
+    for n in range(0, 3000):
+        label = bin_label(spec, length_bin(n))
+        lo, _, hi = label.partition("-")
+        assert int(lo) <= n <= int(hi or lo), (n, label)
+        assert n <= bin_upper(spec, length_bin(n))
 
 
 @pytest.mark.parametrize("bad", [-1, math.nan, math.inf])
@@ -100,6 +121,24 @@ def test_length_bin_rejects_bad_lengths(bad):
 def test_bin_labels():
     assert bin_label(METRICS["staleness/hist"], 3) == "3"
     spec = METRICS["drops/length_hist_kept"]
-    assert bin_label(spec, 0) == "0-1"
-    assert bin_label(spec, 6) == "64-127"
-    assert bin_label(spec, N_LENGTH_BINS - 1) == f"{2 ** (N_LENGTH_BINS - 1)}+"
+    assert [bin_label(spec, i) for i in range(5)] == ["0", "1", "2-3", "4-7", "8-15"]
+    assert bin_label(spec, 7) == "64-127"
+    assert bin_label(spec, N_LENGTH_BINS - 1) == f"{2 ** (N_LENGTH_BINS - 2)}+"
+    assert bin_upper(spec, 4) == 15 and bin_upper(spec, 0) == 0 and math.isinf(bin_upper(spec, N_LENGTH_BINS - 1))
+    assert bin_upper(METRICS["staleness/hist"], 2) == 2
+
+
+def test_the_coordinator_bins_with_the_same_definition():
+    from gspo_async.learner import coordinator
+
+    assert coordinator.length_bin is length_bin
+
+
+def test_docs_table_is_generated_from_the_list():
+    from pathlib import Path
+
+    from gspo_async.telemetry.names import metrics_markdown
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "telemetry.md").read_text()
+    table = doc.split("<!-- metrics:begin -->\n")[1].split("<!-- metrics:end -->")[0]
+    assert table == metrics_markdown(), "docs/telemetry.md's table is out of date: python tools/metrics_table.py"

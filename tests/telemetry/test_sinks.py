@@ -35,6 +35,7 @@ def test_tensorboard_sink_writes_scalars_and_histograms(tmp_path):
     assert hist[-1].histogram_value.num == 2 and list(hist[-1].histogram_value.bucket) == [1.0, 1.0]
 
 
+@pytest.mark.slow  # wandb runs its own wandb-core process, even offline
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_wandb_sink_offline(tmp_path):
     pytest.importorskip("wandb", reason="wandb is not installed (pip install wandb); the W&B sink is optional")

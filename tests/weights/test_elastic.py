@@ -19,6 +19,9 @@ from gspo_async.weights.buckets import state_checksum
 from gspo_async.weights.elastic import WeightPublisher, WeightSubscriber
 
 TIMEOUT_S = 4.0
+# A failed round ends within a few timeouts (2-3 by design); the bound is generous so that a loaded machine does not
+# fail it, and still far below a hang.
+SLACK = 10
 SCRIPT = Path(__file__).with_name("receiver_proc.py")
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,6 +97,7 @@ def start(publisher):
         r.kill()
 
 
+@pytest.mark.slow
 def test_two_receivers_get_bitwise_equal_weights(publisher, start):
     a, b = start("A", "B")
     for version in (1, 2, 3):
@@ -108,6 +112,7 @@ def test_two_receivers_get_bitwise_equal_weights(publisher, start):
             assert event["checksum"] == result.checksum and event["gen"] == 1
 
 
+@pytest.mark.slow
 def test_member_joining_later_gets_the_full_weights(publisher, start):
     (a,) = start("A")
     assert publisher.publish(model_weights(1), 1, ["A"]).ok
@@ -122,6 +127,7 @@ def test_member_joining_later_gets_the_full_weights(publisher, start):
     assert first["checksum"] == a.until_received(2)["checksum"] == state_checksum(weights)
 
 
+@pytest.mark.slow
 def test_receiver_outside_the_member_list_is_skipped(publisher, start):
     a, b = start("A", "B")
     assert publisher.publish(model_weights(1), 1, ["A"]).ok
@@ -135,6 +141,7 @@ def test_receiver_outside_the_member_list_is_skipped(publisher, start):
     assert a.until_received(3)["checksum"] == first["checksum"]
 
 
+@pytest.mark.slow
 def test_killed_member_fails_the_round_and_survivors_go_on(publisher, start):
     a, b = start("A", "B")
     assert publisher.publish(model_weights(1), 1, ["A", "B"]).ok
@@ -143,7 +150,7 @@ def test_killed_member_fails_the_round_and_survivors_go_on(publisher, start):
     t0 = time.monotonic()
     failed = publisher.publish(model_weights(2), 2, ["A", "B"])
     assert not failed.ok and failed.error
-    assert time.monotonic() - t0 < 2 * TIMEOUT_S + 1
+    assert time.monotonic() - t0 < SLACK * TIMEOUT_S
     weights = model_weights(3)
     result = publisher.publish(weights, 3, ["A"], checksum=True)
     assert result.ok, result.error
@@ -151,6 +158,7 @@ def test_killed_member_fails_the_round_and_survivors_go_on(publisher, start):
     assert a.until_received(3)["checksum"] == result.checksum
 
 
+@pytest.mark.slow
 def test_member_killed_while_the_group_forms(publisher, start):
     a, b = start("A", "B")
     assert publisher.publish(model_weights(1), 1, ["A"]).ok
@@ -168,13 +176,14 @@ def test_member_killed_while_the_group_forms(publisher, start):
     elapsed = time.monotonic() - t0
     watcher.join(timeout=10)
     assert not failed.ok and b.proc.wait(timeout=10) == -signal.SIGKILL
-    assert elapsed < 3 * TIMEOUT_S + 1, f"a dead member held the learner for {elapsed:.1f}s"
+    assert elapsed < SLACK * TIMEOUT_S, f"a dead member held the learner for {elapsed:.1f}s"
     weights = model_weights(3)
     result = publisher.publish(weights, 3, ["A"], checksum=True)
     assert result.ok, result.error
     assert a.until_received(3)["checksum"] == result.checksum
 
 
+@pytest.mark.slow
 def test_hung_member_times_out_instead_of_hanging(publisher, start):
     a, b = start("A", "B")
     assert publisher.publish(model_weights(1), 1, ["A", "B"]).ok
@@ -187,13 +196,15 @@ def test_hung_member_times_out_instead_of_hanging(publisher, start):
     finally:
         b.kill()
     assert not failed.ok
-    assert elapsed < 2 * TIMEOUT_S + 1, f"a stuck member held the learner for {elapsed:.1f}s"
+    assert elapsed >= TIMEOUT_S, "the round failed before the stuck member could time out"
+    assert elapsed < SLACK * TIMEOUT_S, f"a stuck member held the learner for {elapsed:.1f}s"
     weights = model_weights(3)
     result = publisher.publish(weights, 3, ["A"], checksum=True)
     assert result.ok, result.error
     assert a.until_received(3)["checksum"] == result.checksum  # A may or may not have completed round 2
 
 
+@pytest.mark.slow
 def test_closing_the_learner_ends_receivers(publisher, start):
     a, b = start("A", "B")
     assert publisher.publish(model_weights(1), 1, ["A"]).ok  # A is told about the close; B finds the store gone
@@ -208,7 +219,9 @@ def test_empty_member_list_is_a_cheap_no_op(publisher):
     subscriber = WeightSubscriber("127.0.0.1", publisher.port, "A", timeout_s=TIMEOUT_S)
     try:
         result = publisher.publish(model_weights(0), 7, [])
-        assert result.ok and result.nbytes == 0 and result.members == [] and result.seconds < 0.5
+        # Cheap by construction, not by a stopwatch: no process group is formed and no bucket is planned.
+        assert result.ok and result.nbytes == 0 and result.members == [] and result.gen == 0
+        assert result.group_seconds == 0.0
         assert subscriber.start_after() == result.seq == 1
         client = dist.TCPStore("127.0.0.1", publisher.port, None, False, timedelta(seconds=5))
         assert json.loads(client.get(f"sync/{result.seq}"))["version"] == 7

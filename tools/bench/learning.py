@@ -246,7 +246,7 @@ def main() -> int:
         return 0
 
     from gspo_async.config import load_config
-    from gspo_async.learner.main import ensure_model
+    from gspo_async.bootstrap import ensure_model
 
     machine = machine_info()
     started = time.time()

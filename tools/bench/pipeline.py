@@ -106,11 +106,12 @@ def task_prompts(cfg, count: int) -> list[list[int]]:
     from transformers import PreTrainedTokenizerFast
 
     from gspo_async.tasks import get_task
-    from gspo_async.tasks.prompting import encode_prompt
+    from gspo_async.tasks.prompting import PromptEncoder
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(cfg.model.path)
     items = get_task(cfg.task.name, **cfg.task.options).train_items(cfg.seed)
-    return [encode_prompt(tokenizer, next(items).prompt, chat=cfg.task.chat_template or None) for _ in range(count)]
+    encode = PromptEncoder.from_task_config(tokenizer, cfg.task)  # as the learner encodes them
+    return [encode(next(items).prompt) for _ in range(count)]
 
 
 # ----------------------------------------------------------------------------------------------- one run
@@ -379,7 +380,7 @@ def main() -> int:
         ap.error("--warmup must be at least 1 (the first step includes start-up)")
 
     from gspo_async.config import load_config
-    from gspo_async.learner.main import ensure_model
+    from gspo_async.bootstrap import ensure_model
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     started = time.time()

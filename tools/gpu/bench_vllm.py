@@ -165,6 +165,8 @@ def main() -> int:
         secs = time.perf_counter() - t0
         tokens = sum(len(g.tokens) for grp in groups for g in grp)
         report["generation"] = {"tokens": tokens, "seconds": secs, "tokens_per_s": tokens / secs}
+        report["bare_vllm"] = bare_generation(engine, prompts, args.n, args.max_new_tokens)
+        report["generation"]["vs_bare"] = report["generation"]["tokens_per_s"] / report["bare_vllm"]["tokens_per_s"]
 
         # -- generation with updates landing mid-generation, per update mode
         in_flight = {}
@@ -205,6 +207,32 @@ def main() -> int:
     return 0
 
 
+def bare_generation(engine, prompts: list[list[int]], n: int, max_new_tokens: int) -> dict:
+    """The same requests sent straight to the engine's AsyncLLM (one n=1 request per response, FINAL_ONLY
+    outputs, no adapter: no logprob extraction, version tracking or resubmission): what VLLMEngine is measured
+    against."""
+    import asyncio
+
+    api = engine.api
+    params = api.sampling_params(n=1, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, max_tokens=max_new_tokens,
+                                 logprobs=0, detokenize=False, output_kind=api.output_kind.FINAL_ONLY)
+
+    async def one(prompt: list[int], rid: str) -> int:
+        tokens = 0
+        async for out in engine.llm.generate({"prompt_token_ids": prompt}, params, rid):
+            tokens = len(out.outputs[0].token_ids)
+        return tokens
+
+    async def run() -> int:
+        jobs = [one(p, f"bare-{i}-{j}") for i, p in enumerate(prompts) for j in range(n)]
+        return sum(await asyncio.gather(*jobs))
+
+    t0 = time.perf_counter()
+    tokens = engine._loop.call(run())
+    secs = time.perf_counter() - t0
+    return {"tokens": tokens, "seconds": secs, "tokens_per_s": tokens / secs}
+
+
 def markdown(r: dict) -> str:
     """A table to paste into docs/benchmarks.md."""
     lines = [f"vLLM actor benchmark: shape {r['shape']}, vLLM {r['vllm']}, torch {r['torch']}, {r['device']}"
@@ -212,6 +240,8 @@ def markdown(r: dict) -> str:
              "| quantity | value |", "| --- | --- |",
              f"| engine start-up | {r['engine_startup_s']:.1f} s |",
              f"| generation, 1 actor | {r['generation']['tokens_per_s']:.0f} tokens/s |",
+             f"| generation, bare vLLM (same requests, no adapter) | {r['bare_vllm']['tokens_per_s']:.0f} tokens/s "
+             f"(actor / bare = {r['generation']['vs_bare']:.2f}) |",
              f"| weights per update | {r['weights']['bytes'] / GB:.2f} GB, {r['weights']['tensors']} tensors |"]
     for k, v in r["raw_copy_gb_per_s"].items():
         lines.append(f"| raw copy {k.replace('_', ' ')} | {v:.1f} GB/s |")

@@ -1,5 +1,7 @@
 // Small SVG charts for the gspo-async dashboard: line/area/bar series on one or two y axes, stacked bars over
 // x intervals, grouped bars over categories, sparklines. No dependencies; every chart redraws from scratch.
+// Line charts take a log y axis, a zoomed x range (drag to zoom, double-click to reset), event markers, and
+// draw series with more points than pixels as a mean line inside a min/max band (the same texture at any length).
 'use strict';
 
 (function () {
@@ -186,24 +188,68 @@
   //         band: [[x, lo, hi]]}], xTitle, yTitle, yTitleRight, y: {min, max, zero}, yRight: {...},
   //         xFormat, yFormat, yFormatRight, valueFormat, valueFormatRight, xLabel(x) for the tooltip}
   // Returns the number of points drawn.
+  // Points -> at most `buckets` buckets of equal x width: the mean point of each and a [x, min, max] band.
+  function downsample(points, buckets) {
+    if (points.length <= buckets * 2) return { points, band: null };
+    const x0 = points[0][0], x1 = points[points.length - 1][0];
+    const width = (x1 - x0) / buckets || 1;
+    const out = [], band = [];
+    let i = 0;
+    while (i < points.length) {
+      const k = Math.min(buckets - 1, Math.floor((points[i][0] - x0) / width));
+      let n = 0, sx = 0, sy = 0, lo = Infinity, hi = -Infinity;
+      while (i < points.length && Math.min(buckets - 1, Math.floor((points[i][0] - x0) / width)) === k) {
+        const [x, y] = points[i];
+        n += 1; sx += x; sy += y; if (y < lo) lo = y; if (y > hi) hi = y; i += 1;
+      }
+      out.push([sx / n, sy / n]);
+      band.push([sx / n, lo, hi]);
+    }
+    return { points: out, band };
+  }
+
   function line(container, spec) {
-    const series = spec.series.filter(s => s.points.length > 0);
+    const hidden = spec.hidden || new Set();
+    const logY = !!spec.logY;
+    const xr = spec.xRange;
+    let series = spec.series.filter(s => s.points.length > 0 && !hidden.has(s.label)).map(s => {
+      let pts = xr ? s.points.filter(p => p[0] >= xr[0] && p[0] <= xr[1]) : s.points;
+      let band = s.band && xr ? s.band.filter(b => b[0] >= xr[0] && b[0] <= xr[1]) : s.band;
+      if (logY && s.axis !== 'right') {
+        pts = pts.filter(p => p[1] > 0).map(p => [p[0], Math.log10(p[1])]);
+        band = band ? band.filter(b => b[1] > 0 && b[2] > 0).map(b => [b[0], Math.log10(b[1]), Math.log10(b[2])]) : band;
+      }
+      return Object.assign({}, s, { points: pts, band });
+    }).filter(s => s.points.length > 0);
+    // Series with more points than the plot has pixels: mean line inside a min/max band.
+    const maxPoints = Math.max(60, Math.floor((container.clientWidth || 420) / 2));
+    series = series.map(s => {
+      if (s.kind === 'bars' || s.band || s.points.length <= maxPoints * 2) return s;
+      const d = downsample(s.points, maxPoints);
+      return Object.assign({}, s, { points: d.points, band: d.band, downsampled: true });
+    });
     const total = series.reduce((n, s) => n + s.points.length, 0);
+    if (total === 0 && logY && spec.series.some(s => s.points.length > 0 && !hidden.has(s.label))) {
+      return empty(container, 'no value > 0 to draw on a log y axis');
+    }
     if (total === 0) return empty(container, spec.emptyText);
     const hasRight = series.some(s => s.axis === 'right');
     const f = frame(container, hasRight || spec.yTitleRight);
     const xs = [], yl = [], yr = [];
     for (const s of series) {
       for (const p of s.points) { xs.push(p[0]); (s.axis === 'right' ? yr : yl).push(p[1]); }
-      if (s.band) for (const b of s.band) { yl.push(b[1], b[2]); }
+      if (s.band) for (const b of s.band) { (s.axis === 'right' ? yr : yl).push(b[1], b[2]); }
       if (s.kind === 'bars' || s.kind === 'area') (s.axis === 'right' ? yr : yl).push(0);
     }
     let [x0, x1] = domain(xs, { zero: false, exact: true });
     if (spec.xMin !== undefined) x0 = Math.min(x0, spec.xMin);
     const barPad = series.some(s => s.kind === 'bars') ? (x1 - x0) * 0.02 || 0.5 : 0;
     x0 -= barPad; x1 += barPad;
-    const [l0, l1] = domain(yl.length ? yl : [0, 1], spec.y || {});
-    const yLeft = yAxis(f, l0, l1, 'left', spec.yTitle, spec.yFormat);
+    if (xr) { x0 = xr[0]; x1 = xr[1]; }
+    const yOpts = logY ? { zero: false } : (spec.y || {});
+    const [l0, l1] = domain(yl.length ? yl : [0, 1], yOpts);
+    const logFormat = t => fmt(Math.pow(10, t), 3);
+    const yLeft = yAxis(f, l0, l1, 'left', spec.yTitle + (logY ? ' (log)' : ''), logY ? logFormat : spec.yFormat);
     let yRight = yLeft;
     if (hasRight) {
       const [r0, r1] = domain(yr, spec.yRight || {});
@@ -246,10 +292,33 @@
       }
     }
 
-    // Hover: a crosshair at the nearest x and the value of every series there.
+    // Event markers: a vertical line per event inside the x range, its label in a <title>.
+    for (const ev of spec.events || []) {
+      if (!(ev.x >= x0 && ev.x <= x1)) continue;
+      const line = svgEl('line', { class: 'event-marker', x1: x(ev.x), x2: x(ev.x), y1: f.m.top, y2: f.m.top + f.ph,
+        stroke: ev.color || '#8a96a6', 'data-kind': ev.kind || '' }, plot);
+      svgEl('title', {}, line).textContent = ev.label;
+    }
+
+    // Hover: a crosshair at the nearest x and the value of every series there. Drag: zoom to the x range dragged.
     const cross = svgEl('line', { class: 'crosshair', y1: f.m.top, y2: f.m.top + f.ph, visibility: 'hidden' }, f.svg);
+    const sel = svgEl('rect', { class: 'zoom-selection', y: f.m.top, height: f.ph, width: 0, visibility: 'hidden' }, f.svg);
     const overlay = svgEl('rect', { x: f.m.left, y: f.m.top, width: f.pw, height: f.ph, fill: 'transparent' }, f.svg);
+    const xAt = evt => { const box = f.svg.getBoundingClientRect(); return Math.max(f.m.left, Math.min(f.m.left + f.pw, evt.clientX - box.left)); };
+    let dragFrom = null;
+    overlay.addEventListener('mousedown', evt => { dragFrom = xAt(evt); evt.preventDefault(); });
+    overlay.addEventListener('mouseup', evt => {
+      if (dragFrom === null) return;
+      const a = Math.min(dragFrom, xAt(evt)), b = Math.max(dragFrom, xAt(evt));
+      dragFrom = null; sel.setAttribute('visibility', 'hidden');
+      if (b - a > 4 && spec.onZoom) spec.onZoom([x0 + (a - f.m.left) / f.pw * (x1 - x0), x0 + (b - f.m.left) / f.pw * (x1 - x0)]);
+    });
+    overlay.addEventListener('dblclick', () => { if (spec.onZoom) spec.onZoom(null); });
     overlay.addEventListener('mousemove', evt => {
+      if (dragFrom !== null) {
+        const a = Math.min(dragFrom, xAt(evt)), b = Math.max(dragFrom, xAt(evt));
+        sel.setAttribute('x', a); sel.setAttribute('width', b - a); sel.setAttribute('visibility', 'visible');
+      }
       const box = f.svg.getBoundingClientRect();
       const xv = x0 + (evt.clientX - box.left - f.m.left) / f.pw * (x1 - x0);
       let best = null;
@@ -264,11 +333,14 @@
         const i = nearest(s.points, best);
         if (i < 0 || s.points[i][0] !== best) continue;
         const vf = (s.axis === 'right' ? spec.valueFormatRight : spec.valueFormat) || (v => fmt(v, spec.precision));
-        rows.push({ label: s.label, color: s.color, value: vf(s.points[i][1]) });
+        const y = logY && s.axis !== 'right' ? Math.pow(10, s.points[i][1]) : s.points[i][1];
+        rows.push({ label: s.label + (s.downsampled ? ' (mean)' : ''), color: s.color, value: vf(y) });
       }
       showTooltip(evt, spec.xLabel ? spec.xLabel(best) : String(best), rows);
     });
-    overlay.addEventListener('mouseleave', () => { cross.setAttribute('visibility', 'hidden'); hideTooltip(); });
+    overlay.addEventListener('mouseleave', () => {
+      cross.setAttribute('visibility', 'hidden'); hideTooltip(); dragFrom = null; sel.setAttribute('visibility', 'hidden');
+    });
     return total;
   }
 
@@ -367,11 +439,14 @@
     return svg;
   }
 
-  function legend(el, items) {
+  // items: [{label, color, kind, dash}]; with onToggle(label), clicking an item hides or shows its series
+  // (hidden: the Set of hidden labels, drawn struck through).
+  function legend(el, items, onToggle, hidden) {
     clear(el);
     for (const it of items) {
       const span = document.createElement('span');
-      span.className = 'item';
+      span.className = 'item' + (onToggle ? ' toggle' : '') + (hidden && hidden.has(it.label) ? ' off' : '');
+      if (onToggle) { span.title = 'click to hide or show'; span.addEventListener('click', () => onToggle(it.label)); }
       const sw = document.createElement('span');
       sw.className = 'swatch' + (it.kind === 'line' || it.kind === undefined ? ' line' : '') + (it.dash ? ' dash' : '');
       sw.style.background = it.color;
@@ -381,5 +456,5 @@
     }
   }
 
-  window.Charts = { line, stackedBars, groupedBars, sparkline, legend, empty, fmt, fmtTick, fmtBytes, fmtSeconds };
+  window.Charts = { line, downsample, stackedBars, groupedBars, sparkline, legend, empty, fmt, fmtTick, fmtBytes, fmtSeconds };
 })();

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from typing import Iterator
+import contextlib
+from typing import ContextManager, Iterator, Optional
 
 import torch
 
@@ -24,6 +25,21 @@ class LearnerBackend(abc.ABC):
         backward passes per step (padding with empty ones is the engine's business), so collectives line up."""
         return items[self.rank::self.world_size]
 
+    def autocast(self) -> ContextManager:
+        """The context every forward of the policy and the reference model runs in (mixed precision's autocast;
+        a no-op by default)."""
+        return contextlib.nullcontext()
+
+    def export_state_dict(self) -> Optional[dict[str, torch.Tensor]]:
+        """The full policy weights for the Hugging Face export on rank 0 when ``self.model`` does not hold them
+        whole (ZeRO-3), else None (export ``self.model`` itself). Collective where the weights are partitioned."""
+        return None
+
+    def evaluation_model(self) -> Optional[torch.nn.Module]:
+        """A module rank 0 can run forwards on by itself (held-out evaluation): the policy itself unless its weights
+        are partitioned (ZeRO-3: a gathered copy on rank 0, None on the others). Collective where partitioned."""
+        return self.model
+
     @abc.abstractmethod
     def backward(self, loss: torch.Tensor) -> None:
         """Accumulate gradients of `loss` (already divided by global denominators: no extra scaling)."""
@@ -34,7 +50,7 @@ class LearnerBackend(abc.ABC):
 
     @abc.abstractmethod
     def lr(self) -> float:
-        """Current learning rate."""
+        """The learning rate the last optimiser step used (before any step: the one the first will use)."""
 
     @abc.abstractmethod
     def broadcast_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:

@@ -20,9 +20,19 @@ ZeRO-3. The trainer calls the base transformer and the output embedding itself r
 the engine hooks the base to do what that forward would (see :meth:`_before_forward`) and keeps the output
 embedding gathered (see :meth:`_gather_output_embedding`).
 
+Precision. ``model.dtype`` configures DeepSpeed's own mixed precision: bfloat16 -> ``bf16.enabled`` (DeepSpeed
+casts the module to bf16 and keeps fp32 master weights and optimiser state in its ZeRO partitions), float16 ->
+``fp16.enabled`` with dynamic loss scaling. The model is handed over in fp32. Broadcasts are cast to the actors'
+dtype. ``learner.precision: pure`` is refused by the config (DeepSpeed has no master-weight-free mode).
+
 CPU: fp32 over gloo. DeepSpeed's torch backend JIT-compiles a shared-memory all-reduce with g++ the first time
 a process group is wrapped on CPU (25-30 s and 1.5 GB of RAM on a fresh machine); gloo does not need it, so it is
-switched off before DeepSpeed touches the group. bf16 (via ``learner.deepspeed.extra``) is for CUDA only.
+switched off before DeepSpeed touches the group. bf16/fp16 are for CUDA only (untested on CPU here).
+
+Nodes. The ranks may span nodes (``torchrun --nnodes N --nproc_per_node M --rdzv-endpoint HOST:PORT``): only the
+global rank matters to this engine; global rank 0 owns the coordinator, the broadcast and the checkpoint files, so
+the run directory needs to be on rank 0's node only (every rank writes its ZeRO partition under the path rank 0
+announces, so with several nodes that directory must be on a shared file system).
 """
 
 from __future__ import annotations
@@ -31,11 +41,12 @@ import copy
 import importlib
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 
 from gspo_async.learner.backends.base import LearnerBackend
+from gspo_async.learner.backends.precision import actor_dtype, check_master_weights
 from gspo_async.learner.backends.torch_backend import build_optimizer
 
 CHECKPOINT_TAG = "zero"  # DeepSpeed's sub-directory inside the directory given to save()/load()
@@ -79,13 +90,18 @@ def deepspeed_config(cfg, on_gpu: bool) -> dict[str, Any]:
     for key, where in owned.items():
         if key in extra:
             raise ValueError(f"learner.deepspeed.extra.{key} is set by the engine; use {where} instead")
+    for key in ("bf16", "fp16"):
+        if "enabled" in extra.get(key, {}):
+            raise ValueError(f"learner.deepspeed.extra.{key}.enabled is set by the engine from model.dtype "
+                             f"({cfg.model.dtype}); set model.dtype instead (other {key} options may stay in extra)")
     stage = extra.get("zero_optimization", {}).get("stage")
     if stage is not None and stage != ds.zero_stage:
         raise ValueError(f"learner.deepspeed.extra.zero_optimization.stage={stage} contradicts "
                          f"learner.deepspeed.zero_stage={ds.zero_stage}; set only learner.deepspeed.zero_stage")
-    if not on_gpu and any(extra.get(k, {}).get("enabled") for k in ("bf16", "fp16")):
-        raise ValueError("DeepSpeed on CPU trains in fp32: remove bf16/fp16 from learner.deepspeed.extra "
-                         "(or set learner.device: cuda)")
+    if not on_gpu and cfg.model.dtype != "float32":
+        raise ValueError(f"model.dtype: {cfg.model.dtype} with learner.engine: deepspeed needs learner.device: cuda "
+                         "(DeepSpeed on CPU trains in fp32 here); use model.dtype: float32, or learner.engine: torch "
+                         "for bf16 autocast on CPU")
     base = {
         "train_micro_batch_size_per_gpu": 1,  # unused: the trainer makes its own micro-batches
         "gradient_accumulation_steps": 1,
@@ -95,6 +111,10 @@ def deepspeed_config(cfg, on_gpu: bool) -> dict[str, Any]:
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
+    if cfg.model.dtype == "bfloat16":
+        base["bf16"] = {"enabled": True}
+    elif cfg.model.dtype == "float16":
+        base["fp16"] = {"enabled": True, "loss_scale": 0}  # 0: dynamic loss scaling
     return _merge(base, extra)
 
 
@@ -109,10 +129,12 @@ class DeepSpeedBackend(LearnerBackend):
         from gspo_async.learner.distributed import init_learner_distributed
 
         on_gpu = str(cfg.learner.device).startswith("cuda")
+        check_master_weights(model, cfg)  # fp32 in: DeepSpeed's bf16/fp16 mode makes its own low-precision copy
         deepspeed = _import_deepspeed(on_gpu)
         self.rank, self.world_size = init_learner_distributed(cfg)
         self.zero_stage = int(cfg.learner.deepspeed.zero_stage)
         self.bucket_bytes = int(cfg.learner.weight_sync.bucket_mb * 2**20)
+        self.broadcast_dtype = actor_dtype(cfg)
         optimizer, self.scheduler = build_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
         self.ds, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=self.scheduler,
                                                 config=deepspeed_config(cfg, on_gpu))
@@ -128,6 +150,7 @@ class DeepSpeedBackend(LearnerBackend):
             for p in self._head_params:
                 p.ds_persist = True
             base.register_forward_hook(self._gather_output_embedding)
+        self._last_lr = float(self.scheduler.get_last_lr()[0])
         self._passes = 0  # backward passes of the current mini-batch on this rank (same on every rank)
         self._real = 0  # of which the first `_real` are this rank's own micro-batches, the rest padding
         self._done = 0
@@ -175,13 +198,14 @@ class DeepSpeedBackend(LearnerBackend):
         if self._done != self._passes:
             raise RuntimeError(f"DeepSpeedBackend.step after {self._done} of {self._passes} backward passes: every "
                                "micro-batch from shard() needs its backward before the step")
+        self._last_lr = float(self.scheduler.get_last_lr()[0])  # the rate this step uses
         self.ds.step()
         self._passes = self._real = self._done = 0
         norm = self.ds.get_global_grad_norm()  # pre-clip, over every rank's partition
         return float(norm) if norm is not None else float("nan")  # None: extra turned compute_grad_norm off
 
     def lr(self) -> float:
-        return float(self.scheduler.get_last_lr()[0])
+        return self._last_lr
 
     # ----- weights -----
     def broadcast_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -194,12 +218,18 @@ class DeepSpeedBackend(LearnerBackend):
         Under ZeRO-3 this is collective: every rank must iterate it to the end together (followers do it in
         :func:`~gspo_async.learner.distributed.follower_loop` after ``announce_weights()``).
         """
+        dtype = self.broadcast_dtype
         named = list(self.model.named_parameters())  # tied weights once
         if self.zero_stage < 3:
             if self.rank == 0:
                 for name, p in named:
-                    yield name, p.detach()
+                    yield name, p.detach().to(dtype)
             return
+        yield from self._gathered(named, dtype)
+
+    def _gathered(self, named: list[tuple[str, torch.nn.Parameter]], dtype: Optional[torch.dtype],
+                  device: Optional[str] = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """ZeRO-3: (name, full copy) on rank 0, gathered a bucket at a time (collective on every rank)."""
         import deepspeed
 
         for bucket in self._buckets(named):
@@ -207,7 +237,21 @@ class DeepSpeedBackend(LearnerBackend):
             with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
                 if self.rank == 0:
                     for name, p in bucket:
-                        yield name, p.detach().clone()
+                        yield name, p.detach().to(dtype=dtype or p.dtype, device=device or p.device, copy=True)
+
+    def export_state_dict(self) -> Optional[dict[str, torch.Tensor]]:
+        """ZeRO-3: the whole policy on rank 0, on the CPU, in the dtype DeepSpeed computes in (None on the other
+        ranks), for ``save_pretrained``; collective. ZeRO-1/2: None (every rank's module holds the weights)."""
+        if self.zero_stage < 3:
+            return None
+        state = dict(self._gathered(list(self.model.named_parameters()), None, device="cpu"))
+        if self.rank != 0:
+            return None
+        for prefix, module in self.model.named_modules():  # buffers are not partitioned: the persistent ones as-is
+            for name, b in module._buffers.items():
+                if b is not None and name not in module._non_persistent_buffers_set:
+                    state[f"{prefix}.{name}" if prefix else name] = b.detach().cpu()
+        return state
 
     def _buckets(self, named: list[tuple[str, torch.nn.Parameter]]) -> list[list[tuple[str, torch.nn.Parameter]]]:
         buckets: list[list] = [[]]
@@ -220,6 +264,30 @@ class DeepSpeedBackend(LearnerBackend):
             buckets[-1].append((name, p))
             size += nbytes
         return [b for b in buckets if b]
+
+    def evaluation_model(self) -> Optional[torch.nn.Module]:
+        """ZeRO-3: every forward of the partitioned module is a collective, so rank 0 cannot generate alone; instead
+        every rank takes part in gathering the weights (as for the export) and rank 0 gets a plain copy of the
+        policy to evaluate (one whole model of extra memory on rank 0 while it lives; None on the other ranks).
+        ZeRO-1/2: the module itself. Collective under ZeRO-3: followers run ``export_state_dict()``."""
+        if self.zero_stage < 3:
+            return self.model
+        state = self.export_state_dict()
+        if state is None:
+            return None
+        with torch.device("meta"):
+            copy = type(self.model)(self.model.config)
+        copy.load_state_dict(state, strict=False, assign=True)
+        if getattr(copy.config, "tie_word_embeddings", False):
+            copy.tie_weights()
+        own = dict(self.model.named_modules())
+        for prefix, module in copy.named_modules():  # buffers, persistent or not (rotary tables), as the policy's
+            for name in list(module._buffers):
+                module._buffers[name] = own[prefix]._buffers[name]
+        missing = [n for n, t in [*copy.named_parameters(), *copy.named_buffers()] if t.is_meta]
+        if missing:
+            raise RuntimeError(f"the gathered weights miss {missing[:5]}: cannot build the evaluation copy")
+        return copy.to(self.model.device).eval()
 
     # ----- checkpoints -----
     def state_dict(self) -> dict:

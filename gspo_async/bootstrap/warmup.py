@@ -16,11 +16,15 @@ from gspo_async.tasks.base import PromptItem
 from gspo_async.tasks.prompting import encode_prompt
 
 
-def supervised_batch(tokenizer: Any, items: list[PromptItem]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded [B, L] input ids, attention mask and loss mask (1 on answer tokens and EOS) for `items`."""
+def supervised_batch(tokenizer: Any, items: list[PromptItem], encode: Callable[[Any], list[int]] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded [B, L] input ids, attention mask and loss mask (1 on answer tokens and EOS) for `items`.
+
+    encode: prompt -> token ids, the run's `PromptEncoder` (so the warm-up sees prompts as RL will); default:
+    plain text, no chat template."""
     seqs, starts = [], []
     for it in items:
-        prompt = encode_prompt(tokenizer, it.prompt, chat=False)
+        prompt = encode(it.prompt) if encode is not None else encode_prompt(tokenizer, it.prompt, chat=False)
         answer = tokenizer(it.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         seqs.append(prompt + answer)
         starts.append(len(prompt))
@@ -54,10 +58,12 @@ def warm_up(
     stop: Callable[[], bool] | None = None,
     check_every: int = 10,
     log_every: int = 0,
+    encode: Callable[[Any], list[int]] | None = None,
 ) -> dict[str, float]:
     """Train `model` in place for at most `steps` AdamW steps (lr ramps up linearly over `ramp_steps`, then stays).
 
     stop: called every `check_every` steps (model in eval mode); True ends the warm-up early.
+    encode: prompt -> token ids (see `supervised_batch`).
     Returns the final loss (mean over the last 10 steps), the steps taken and the wall time in seconds.
     """
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
@@ -68,7 +74,7 @@ def warm_up(
             group["lr"] = lr * min(1.0, step / max(1, ramp_steps))
         model.train()
         batch = list(itertools.islice(items, batch_size))
-        loss = answer_loss(model, *supervised_batch(tokenizer, batch))
+        loss = answer_loss(model, *supervised_batch(tokenizer, batch, encode))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

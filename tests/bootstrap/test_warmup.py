@@ -5,7 +5,7 @@ import torch
 
 from gspo_async.models.tiny import tiny_config
 from gspo_async.models.tokenizer import build_char_tokenizer
-from gspo_async.models.warmup import answer_loss, supervised_batch, warm_up
+from gspo_async.bootstrap.warmup import answer_loss, supervised_batch, warm_up
 from gspo_async.tasks.arithmetic import ArithmeticTask
 from gspo_async.tasks.base import PromptItem
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from gspo_async.models.loading import load_model_and_tokenizer
-from gspo_async.models.tiny import TINY_META, build_tiny, tiny_config
+from gspo_async.bootstrap.tiny import TINY_META, build_tiny
+from gspo_async.models.tiny import tiny_config
 
 
 
@@ -36,6 +37,7 @@ def test_reloaded_model_matches_and_tokenizer_is_the_fast_class(built):
     torch.testing.assert_close(model(input_ids=ids).logits, again(input_ids=ids).logits, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_loads_and_generates_offline_in_a_fresh_process(built):
     script = textwrap.dedent(
         f"""

@@ -1,0 +1,226 @@
+"""Benchmark of actor churn: does a dying actor stall training?
+
+A real learner (``python -m gspo_async learner``, the quickstart's tiny model, default weight-sync and heartbeat
+timeouts) and 16 simulated actors, each its own process (``python -m gspo_async.actor.swarm`` with one id), so
+that killing one is a real SIGKILL of a real process. Two runs side by side in one invocation, each measured over
+the same window after a warm-up:
+
+  no kills   the fleet as started;
+  kills      every ``--kill-every`` seconds one actor process (chosen at random among those that have connected)
+             is SIGKILLed and a fresh one started at once under a new id, as a supervisor would.
+
+From the learner's metrics.jsonl over the window: the learner's busy fraction (1 - time waiting for data / time
+between the first and last step of the window), the longest gap between two consecutive steps, steps per second,
+and the failed weight-sync rounds. SIMULATED GENERATION: actors sleep by a cost model instead of generating.
+
+    PYTHONPATH=. python tools/bench/churn.py                 # 2 x 2 minutes + start-up, about 7 minutes
+    PYTHONPATH=. python tools/bench/churn.py --window 30     # a quick pass
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tools.bench.report import Column, machine_info, markdown_table, text_table, write_result  # noqa: E402
+
+DEFAULT_OUT = ROOT / "tools" / "bench" / "results" / "churn.json"
+BASE_CONFIG = ROOT / "configs" / "quickstart.yaml"
+MODEL_DIR = ROOT / "runs" / "bench" / "tiny-model"
+WORKDIR = ROOT / "runs" / "bench" / "churn"
+# Simulated generation: short lognormal responses at a cost that lets 16 actors outpace the learner, so the
+# learner's waits come from the churn, not from a slow fleet.
+SIMULATED = {"length_median": 6.0, "length_sigma": 0.5, "prefill_s": 0.05, "step_s": 0.02, "token_s": 0.0005}
+OVERRIDES = ["learner.eval_every=0", "learner.checkpoint.every=0", "learner.total_steps=1000000",
+             "telemetry.dashboard_port=null", "telemetry.log_every_s=1", "response_length=8",
+             "actor.prompts_per_lease=2", "off_policy.max_staleness=2"]
+
+COLUMNS: list[Column] = [("run", "run", None), ("actors", "actors", "d"), ("kills", "kills", "d"),
+                         ("steps", "steps", "d"), ("steps_per_s", "steps/s", ".2f"),
+                         ("busy_pct", "learner busy %", ".1f"), ("longest_gap_s", "longest step gap s", ".2f"),
+                         ("median_gap_s", "median step gap s", ".2f"), ("sync_failures", "failed syncs", "d")]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+
+
+def _step_records(run_dir: Path) -> dict[int, dict]:
+    """The learner's record written right after each optimiser step (the first record carrying that step)."""
+    from gspo_async.telemetry.registry import read_metrics
+
+    out: dict[int, dict] = {}
+    if not (run_dir / "metrics.jsonl").is_file():  # the learner has not logged yet
+        return out
+    for r in read_metrics(run_dir):
+        if r.get("role") == "learner" and r.get("step", 0) >= 1 and r["step"] not in out and "learner/wait_s" in r:
+            out[r["step"]] = r
+    return out
+
+
+def _stop(procs: list[subprocess.Popen], grace_s: float) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def run_once(name: str, *, actors: int, kill_every_s: float, window_s: float, warmup_steps: int,
+             rng: random.Random) -> dict[str, Any]:
+    """One learner and `actors` single-actor processes; kills during the window when `kill_every_s` > 0."""
+    from gspo_async.config import load_config
+    from gspo_async.local import free_port
+
+    run_dir = WORKDIR / name
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    (run_dir / "logs").mkdir(parents=True)
+    port, store_port = free_port(), free_port()
+    cfg = load_config(BASE_CONFIG, OVERRIDES + [f"run_dir={run_dir}", f"model.path={MODEL_DIR}",
+                                                f"learner.port={port}", f"learner.weight_store_port={store_port}"])
+    config_path = run_dir / "bench-config.yaml"
+    config_path.write_text(cfg.to_yaml())
+    address = f"127.0.0.1:{port}"
+    logs: list = []
+
+    def start(cmd: list[str], log_name: str) -> subprocess.Popen:
+        log = open(run_dir / "logs" / log_name, "wb")
+        logs.append(log)
+        return subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def start_actor(actor_id: str) -> subprocess.Popen:
+        return start([sys.executable, "-m", "gspo_async.actor.swarm", "--learner", address, "--ids", actor_id,
+                      "--simulated", json.dumps(SIMULATED)], f"{actor_id}.log")
+
+    learner = start([sys.executable, "-m", "gspo_async", "learner", str(config_path)], "learner.log")
+    deadline = time.monotonic() + 600
+    while b"listening on" not in (run_dir / "logs" / "learner.log").read_bytes():  # actors give up after 60 s
+        if learner.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{name}: the learner did not start (log in {run_dir / 'logs'})")
+        time.sleep(0.5)
+    fleet = {f"c{i}": start_actor(f"c{i}") for i in range(actors)}
+    next_id = actors
+    kills = 0
+    try:
+        deadline = time.monotonic() + 600
+        while len(_step_records(run_dir)) < warmup_steps:  # start-up: imports, registrations, first weights
+            if learner.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name}: no {warmup_steps} steps (learner log in {run_dir / 'logs'})")
+            time.sleep(0.5)
+        t0 = time.time()
+        next_kill = t0 + kill_every_s if kill_every_s else float("inf")
+        while time.time() < t0 + window_s:
+            if learner.poll() is not None:
+                raise RuntimeError(f"{name}: the learner exited with {learner.returncode}")
+            if time.time() >= next_kill:
+                connected = [a for a, p in fleet.items() if p.poll() is None
+                             and b"connected to" in (run_dir / "logs" / f"{a}.log").read_bytes()]
+                if connected:
+                    victim = rng.choice(sorted(connected))
+                    fleet[victim].send_signal(signal.SIGKILL)
+                    fleet[victim].wait()
+                    del fleet[victim]
+                    kills += 1
+                    fleet[f"c{next_id}"] = start_actor(f"c{next_id}")
+                    next_id += 1
+                next_kill += kill_every_s
+            time.sleep(0.05)
+        t1 = time.time()
+    finally:
+        _stop([learner], grace_s=60)
+        _stop(list(fleet.values()), grace_s=10)
+        for log in logs:
+            log.close()
+    return summarise(name, run_dir, t0, t1, actors, kills)
+
+
+def summarise(name: str, run_dir: Path, t0: float, t1: float, actors: int, kills: int) -> dict[str, Any]:
+    """Figures over the steps that ended inside [t0, t1] (the step before t0 anchors the first gap)."""
+    recs = _step_records(run_dir)
+    steps = sorted(recs)
+    inside = [s for s in steps if t0 <= recs[s]["time"] <= t1]
+    before = [s for s in steps if recs[s]["time"] < t0]
+    if len(inside) < 2 or not before:
+        raise RuntimeError(f"{name}: only {len(inside)} steps in the window; nothing to measure")
+    chain = [before[-1]] + inside
+    gaps = [recs[b]["time"] - recs[a]["time"] for a, b in zip(chain, chain[1:])]
+    waits = sum(recs[s]["learner/wait_s"] for s in inside)
+    span = recs[chain[-1]]["time"] - recs[chain[0]]["time"]
+    gaps_sorted = sorted(gaps)
+    fail = lambda r: float(r.get("weights/failures", 0.0))  # noqa: E731
+    return {"run": name, "actors": actors, "kills": kills, "steps": len(inside), "window_s": t1 - t0,
+            "steps_per_s": len(inside) / (t1 - t0), "busy_pct": 100.0 * (1.0 - waits / span),
+            "longest_gap_s": max(gaps), "median_gap_s": gaps_sorted[len(gaps) // 2],
+            "sync_failures": int(fail(recs[chain[-1]]) - fail(recs[chain[0]])),
+            "max_wait_s": max(recs[s]["learner/wait_s"] for s in inside)}
+
+
+def render_markdown(result: dict[str, Any], doc_dir: Path) -> str:
+    """The churn section of docs/benchmarks.md."""
+    s = result["settings"]
+    return (f"{s['actors']} simulated actors, each its own process, against a real learner (quickstart model, "
+            f"default `weight_sync.timeout_s` and `heartbeat_timeout_s`); in the `kills` run one actor process is "
+            f"SIGKILLed every {s['kill_every_s']:g} s and replaced at once, for {s['window_s']:g} s after a warm-up "
+            f"of {s['warmup_steps']} steps (`tools/bench/churn.py`). SIMULATED GENERATION; the machine was shared "
+            "and loaded while it ran.\n\n" + markdown_table(result["rows"], COLUMNS))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--actors", type=int, default=16)
+    ap.add_argument("--kill-every", type=float, default=5.0, help="seconds between two kills")
+    ap.add_argument("--window", type=float, default=120.0, help="measured seconds per run")
+    ap.add_argument("--warmup", type=int, default=5, help="steps before the window opens")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = ap.parse_args()
+    if args.actors < 2 or args.kill_every <= 0 or args.window <= args.kill_every:
+        ap.error("need --actors >= 2, --kill-every > 0 and --window > --kill-every")
+
+    from gspo_async.config import load_config
+    from gspo_async.bootstrap import ensure_model
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    started = time.time()
+    ensure_model(load_config(BASE_CONFIG, [f"model.path={MODEL_DIR}"]))
+    result: dict[str, Any] = {"machine": machine_info(), "benchmark": "churn",
+                              "settings": {"actors": args.actors, "kill_every_s": args.kill_every,
+                                           "window_s": args.window, "warmup_steps": args.warmup,
+                                           "simulated": SIMULATED, "overrides": OVERRIDES}, "rows": []}
+    rng = random.Random(args.seed)
+    for name, every in (("no kills", 0.0), ("kills", args.kill_every)):
+        print(f"{name}: {args.actors} actors, {args.window:g} s window ...", flush=True)
+        row = run_once(name.replace(" ", "-"), actors=args.actors, kill_every_s=every, window_s=args.window,
+                       warmup_steps=args.warmup, rng=rng)
+        row["run"] = name
+        result["rows"].append(row)
+    result["wall_s"] = time.time() - started
+    print()
+    print(text_table(result["rows"], COLUMNS))
+    path = write_result(args.out, result)
+    print(f"\nwrote {path} ({result['wall_s']:.0f}s in all)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,6 +14,7 @@ This module imports only pydantic and PyYAML: ``gspo-async config check`` must a
 from __future__ import annotations
 
 import difflib
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -85,12 +86,31 @@ class TaskConfig(_Section):
                                                         "when it has one; true: required; false: plain text.")
     eval_size: int = Field(200, ge=0)
     options: dict[str, Any] = Field(default_factory=dict, description="Task-specific options (e.g. digits).")
+    eval_sets: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="More held-out sets, each logged under eval/<name>/<key>: name -> the "
+        "task settings that differ from this task's (e.g. {options: {digits: 3}} or {name: jsonl, path: x.jsonl}); "
+        "the set is that task's eval split (its eval_size items). The task's own split stays under eval/<key>.")
 
     @model_validator(mode="after")
     def _check_rewards(self) -> "TaskConfig":
         if self.rewards and self.reward != "exact":
             raise ValueError("task.reward and task.rewards are both set: list every function under task.rewards")
+        for name, settings in self.eval_sets.items():
+            if not re.fullmatch(r"[a-z0-9_]{1,40}", name) or name == "default":
+                raise ValueError(f"task.eval_sets: name {name!r} must be 1-40 of a-z, 0-9, _ and not 'default' (it "
+                                 "becomes part of the metric names eval/<name>/<key>); rename it")
+            if "eval_sets" in settings:
+                raise ValueError(f"task.eval_sets.{name} sets eval_sets itself: an eval set cannot nest others")
+            self.eval_set_config(name)  # the settings must make a valid task section
         return self
+
+    def eval_set_config(self, name: str) -> "TaskConfig":
+        """The task section of eval set `name`: this task's settings with the set's own on top."""
+        merged = {**self.model_dump(exclude={"eval_sets"}), **self.eval_sets[name]}
+        try:
+            return TaskConfig(**merged)
+        except ValueError as err:
+            raise ValueError(f"task.eval_sets.{name}: {err}") from None
 
 
 class SamplingConfig(_Section):
@@ -197,6 +217,14 @@ class LearnerConfig(_Section):
     total_steps: int = Field(100, ge=0)
     eval_every: int = Field(10, ge=0, description="Held-out eval every N steps (0 = never).")
     eval_max_new_tokens: Optional[int] = None
+    eval_on: Literal["learner", "fleet"] = Field(
+        "learner", description="Where held-out evaluation runs: learner (transformers generate on the learner, "
+        "training pauses; for single-process runs) or fleet (evaluation leases served by the actors between their "
+        "training batches; the learner records the results by version and keeps training).")
+    eval_n: int = Field(1, ge=1, description="Responses per eval prompt; eval/pass_at_k uses k = eval_n. On the "
+                        "fleet at most num_return_sequences_in_group.")
+    eval_temperature: float = Field(0.0, ge=0, description="Evaluation sampling: 0 = greedy, else this temperature "
+                                    "(top_p 1, top_k 0).")
     lease_timeout_s: float = Field(120.0, gt=0)
     heartbeat_interval_s: float = Field(1.0, gt=0)
     heartbeat_timeout_s: float = Field(10.0, gt=0)
@@ -339,6 +367,13 @@ class Config(_Section):
             raise ValueError(f"optim.max_tokens_per_micro_batch={budget} is below prompt_length + response_length = "
                              f"{self.prompt_length + self.response_length}: the longest sequence would not fit; "
                              "raise the budget (or leave it null for fixed micro_batch_size)")
+        if self.learner.eval_on == "fleet" and (self.learner.eval_max_new_tokens or 0) > self.response_length:
+            raise ValueError(f"learner.eval_max_new_tokens={self.learner.eval_max_new_tokens} exceeds response_length="
+                             f"{self.response_length}: the learner refuses longer responses from actors; lower it")
+        if self.learner.eval_on == "fleet" and self.learner.eval_n > self.num_return_sequences_in_group:
+            raise ValueError(f"learner.eval_n={self.learner.eval_n} exceeds num_return_sequences_in_group="
+                             f"{self.num_return_sequences_in_group}: a group on the wire holds at most G responses; "
+                             "lower learner.eval_n (or evaluate on the learner: learner.eval_on: learner)")
         if self.off_policy.rejection and self.off_policy.rejection.low >= self.off_policy.rejection.high:
             raise ValueError("off_policy.rejection.low must be below off_policy.rejection.high")
         if self.use_kl_loss and self.kl_loss_coef == 0:

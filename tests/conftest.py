@@ -139,6 +139,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 # ----- shared fixtures ---------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _console_logging_ends_with_the_test():
+    """`setup_logging` (a role's main or the CLI, run in-process) puts console handlers on the `gspo_async` logger
+    that write to whatever sys.stdout / sys.stderr are when a record is emitted. Left in place they would write a
+    later test's log records into that test's captured output, so what a test sees would depend on which tests ran
+    before it on the same worker: they are removed, and the level restored, after every test."""
+    import logging
+
+    logger = logging.getLogger("gspo_async")
+    level = logger.level
+    yield
+    for handler in [h for h in logger.handlers if getattr(h, "_gspo_console", False)]:
+        logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def artifact_dir() -> Path:
     path = ROOT / "test-artifacts"
@@ -147,14 +163,15 @@ def artifact_dir() -> Path:
 
 
 def _source_digest() -> str:
-    """A digest of the code a tiny-model build runs (model, tokenizer, warm-up, tasks, the HF engine) and of the
-    library versions: a cached build is reused only while all of these are unchanged."""
+    """A digest of the code a tiny-model build runs (bootstrap: build and warm-up; models, tasks, the HF engine) and
+    of the library versions: a cached build is reused only while all of these are unchanged."""
     import torch
     import transformers
 
     h = hashlib.sha256(f"{torch.__version__} {transformers.__version__}".encode())
     pkg = ROOT / "gspo_async"
-    files = [*sorted((pkg / "models").glob("*.py")), *sorted((pkg / "tasks").glob("*.py")),
+    files = [*sorted((pkg / "bootstrap").glob("*.py")), *sorted((pkg / "models").glob("*.py")),
+             *sorted((pkg / "tasks").glob("*.py")),
              pkg / "engines" / "hf.py", pkg / "engines" / "base.py"]
     for f in files:
         if f.is_file():

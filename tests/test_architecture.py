@@ -12,6 +12,7 @@ Every import counts, function-local ones included: a lazy import is still a depe
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -166,3 +167,83 @@ def test_no_file_over_600_lines():
     long = {str(p.relative_to(PACKAGE_ROOT)): n for p in PACKAGE_ROOT.rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 600}
     assert long == {}
+
+
+# ----- the docs show the tree as it is -------------------------------------------------------------------------------
+DOCS_ROOT = PACKAGE_ROOT.parent
+NAME = re.compile(r"(?<![\w/.-])([a-z_0-9]+)(\.py|/)(?![\w.])")
+
+
+def top_level_units() -> set[str]:
+    """The packages and top-level modules of gspo_async, as the docs name them: 'learner/', 'config.py'."""
+    return ({f"{p.name}/" for p in PACKAGE_ROOT.iterdir() if p.is_dir() and any(p.glob("*.py"))}
+            | {p.name for p in PACKAGE_ROOT.glob("*.py") if p.name != "__init__.py"})
+
+
+def diagram_order() -> list[str]:
+    """The shared and foundation packages in the order docs/architecture.md's diagram lists them (name at column 19
+    of the rows from 'shared' down to 'test doubles')."""
+    text = (DOCS_ROOT / "docs" / "architecture.md").read_text()
+    lines = text[text.index("\n shared "): text.index("\n test doubles")].splitlines()
+    order = []
+    for line in lines:
+        m = re.match(r"([a-z_0-9]+)(/|\.py)\s", line[19:])
+        if m:
+            order.append(m.group(1))
+    return order
+
+
+def test_the_diagram_orders_the_shared_packages_as_they_import():
+    order = diagram_order()
+    listed = {u.removesuffix("/").removesuffix(".py") for u in top_level_units()}
+    expected = listed - ROLES - ENTRY_POINTS - {TESTING}
+    assert sorted(order) == sorted(expected), (
+        f"docs/architecture.md's diagram lists {sorted(order)}; the tree has {sorted(expected)}: add or remove the row")
+    upward = [line for (a, b), lines in EDGES.items() if a in order and b in order
+              and order.index(a) > order.index(b) for line in lines]
+    assert upward == [], ("these imports go up the diagram of docs/architecture.md (each package may import only "
+                          f"those listed below it): move the row or the code: {sorted(upward)}")
+    text = (DOCS_ROOT / "docs" / "architecture.md").read_text()
+    diagram = text[text.index("```\n"): text.index("```", text.index("```\n") + 4)]
+    files = {p.name for p in PACKAGE_ROOT.rglob("*.py")}
+    gone = sorted({n + k for n, k in NAME.findall(diagram) if k == ".py" and n + k not in files})
+    assert gone == [], f"docs/architecture.md's diagram names files that do not exist: {gone}"
+
+
+def readme_layout() -> str:
+    text = (DOCS_ROOT / "README.md").read_text()
+    start = text.index("```\n", text.index("## Layout\n")) + 4
+    return text[start: text.index("```", start)]
+
+
+def test_the_readme_layout_names_every_package_and_only_files_that_exist():
+    layout = readme_layout()
+    entries: dict[str, list[str]] = {}  # 'learner/' -> the lines of its entry in the gspo_async/ block
+    current = None
+    for line in layout.splitlines()[1:]:
+        if not line.startswith("  "):
+            break  # the end of the gspo_async/ block
+        m = NAME.match(line[2:])
+        if m and line[2] != " ":
+            current = m.group(0)
+            entries[current] = []
+        entries[current].append(line[19:])
+    assert set(entries) == top_level_units(), (
+        f"README's Layout names {sorted(entries)}; gspo_async/ holds {sorted(top_level_units())}")
+    missing = []
+    for unit, lines in entries.items():
+        where = PACKAGE_ROOT / unit if unit.endswith("/") else PACKAGE_ROOT
+        for name, kind in NAME.findall(" ".join(lines)):
+            hits = list(where.rglob(name + ".py")) if kind == ".py" else [p for p in where.rglob(name) if p.is_dir()]
+            if not hits:
+                missing.append(f"{unit} {name}{kind}")
+    assert missing == [], f"README's Layout names files that do not exist: {missing}"
+
+
+def test_the_readers_of_the_docs_see_a_change():
+    # The two readers above must fail on a doc that drifted: a package missing from the tree, a file that is not.
+    assert "learner/" in top_level_units() and "config.py" in top_level_units()
+    assert NAME.findall("weight_sync.py (x), backends/ (torch), prometheus-client, a/b") == [
+        ("weight_sync", ".py"), ("backends", "/")]
+    order = diagram_order()
+    assert order.index("bootstrap") < order.index("engines") < order.index("models")

@@ -47,6 +47,14 @@ ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
     "test_wellformed_fuzz_never_stops_the_learner_and_a_legitimate_actor_is_served": (
         "well-formed fuzz", ("fuzz_messages_sent", "fuzz_distinct_drawn", "fuzz_refused", "fuzz_refused_by_code",
                              "fuzz_acks", "legit_groups_accepted", "learner_restarts", "attack_s")),
+    "test_wellformed_attacks_1_to_4_and_6_are_refused_or_bounded_and_the_learner_serves_on": (
+        "attacks 1-4, 6", ("renamed_id_chars", "reward_1e308", "reused_group_id", "hog_prompts", "hog_fair_share",
+                           "admission_total", "hog_second_reason", "weight_store_listens_on", "learner_restarts")),
+    "test_memory_attacks_5_stay_bounded_and_the_learner_serves_on": (
+        "memory attacks (5)", ("registered_ids", "actors_with_metric_rows", "status_requests_unread",
+                               "rss_growth_status_flood_mb", "nil_header_mb", "rss_growth_after_nil_header_mb",
+                               "multipart_bytes_sent", "multipart_connections_cut", "rss_growth_multipart_mb",
+                               "learner_restarts")),
     "test_curve_learner_refuses_clients_without_an_authorised_key": ("CURVE", ()),
     "test_64_simulated_actors_keep_learner_memory_bounded_and_lose_no_acked_group": (
         "load, 64 actors", ("load_s", "steps", "groups_per_s", "acked_accepted_groups", "learner_rss_peak_mb",

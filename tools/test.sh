@@ -7,10 +7,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -c constraints-cpu.txt -e '.[test]'
-# The dashboard test drives a real headless Chromium from the system's package manager.
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-    || echo "warning: could not install chromium; the browser test will be skipped (or fail under GSPO_REQUIRE_BROWSER=1)" >&2
+# The dashboard tests drive a real headless Chromium and run the page's chart code in Node, both from the system's
+# package manager.
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+if [ "${#missing[@]}" -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+    || echo "warning: could not install ${missing[*]}; the browser and chart tests will be skipped (a failure" \
+            "under GSPO_REQUIRE_BROWSER=1 / GSPO_REQUIRE_NO_SKIPS=1, as in .ci/run)" >&2
 fi
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false \
   WANDB_MODE=offline WANDB_SILENT=true

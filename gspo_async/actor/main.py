@@ -174,24 +174,22 @@ class Actor:
             # The learner holds the request until admission opens (a new version), so no polling loop here.
             # a silent learner will not answer: ask in short waits so that a stop is seen within a second
             silent = self.client.learner_silent_s > LEARNER_SILENT_S
-            leases = self.client.lease(cfg.actor.prompts_per_lease, timeout_s=0.5 if silent else 10, wait_s=5)
+            leases = self.client.lease(cfg.actor.prompts_per_lease, timeout_s=0.5 if silent else 10, wait_s=5,
+                                       stop=self.stop.event)
             if not leases:
                 self.apply_pending_weights(wait_s=0.5)
                 continue
             self.apply_pending_weights()  # admission opened by a new version: generate with its weights
+            if any(lease.eval_set for lease in leases):  # a reply holds one kind: evaluation prompts
+                self._serve_evaluation([lease for lease in leases if lease.eval_set])
+                leases = [lease for lease in leases if not lease.eval_set]
+                if not leases:
+                    continue
             t0 = time.time()
             groups = self.engine.generate([lease.tokens.tolist() for lease in leases],
                                           cfg.num_return_sequences_in_group, sampling)
             gen_s = time.time() - t0
-            tokens = 0
-            for group, lease in zip(self._make_groups(leases, groups, gen_s), leases):
-                tokens += group.num_tokens
-                try:
-                    self.client.push(group)
-                except ProtocolError as err:  # our own bug or a bad reward value: report, return the prompt
-                    print(f"[actor {self.actor_id}] group for prompt {lease.prompt_id} not sendable: {err}",
-                          flush=True)
-                    self.client.return_leases([lease.prompt_id])
+            tokens = self._push(self._make_groups(leases, groups, gen_s), leases)
             now = time.time()
             window = [w for w in window if now - w[0] < 30] + [(now, tokens, len(groups))]
             span = max(now - window[0][0] + gen_s, 1e-9) if len(window) > 1 else max(gen_s, 1e-9)
@@ -223,7 +221,32 @@ class Actor:
                   "delivered (no learner answered); their prompts go back to the queue when the learner's leases "
                   "expire", flush=True)
 
-    def _make_groups(self, leases, groups, gen_s: float):
+    def _serve_evaluation(self, leases) -> None:
+        """Answer evaluation prompts with this actor's engine: learner.eval_n responses each at the evaluation
+        sampling (tasks/evaluate.py), scored here and pushed as groups. The learner counts them as evaluation by
+        their prompt ids (learner/evaluation.py) and never trains on them; they stay out of the training rates."""
+        from gspo_async.tasks.evaluate import evaluation_sampling
+
+        t0 = time.time()
+        groups = self.engine.generate([lease.tokens.tolist() for lease in leases], self.cfg.learner.eval_n,
+                                      evaluation_sampling(self.cfg))
+        self._push(self._make_groups(leases, groups, time.time() - t0, training=False), leases,
+                   group_size=self.cfg.learner.eval_n)
+
+    def _push(self, groups, leases, group_size: Optional[int] = None) -> int:
+        """Push each group (a group that cannot be sent is reported and its prompt returned); returns the
+        response tokens pushed. group_size: responses per group when not G (evaluation)."""
+        tokens = 0
+        for group, lease in zip(groups, leases):
+            tokens += group.num_tokens
+            try:
+                self.client.push(group, group_size=group_size)
+            except ProtocolError as err:  # our own bug or a bad reward value: report, return the prompt
+                print(f"[actor {self.actor_id}] group for prompt {lease.prompt_id} not sendable: {err}", flush=True)
+                self.client.return_leases([lease.prompt_id])
+        return tokens
+
+    def _make_groups(self, leases, groups, gen_s: float, training: bool = True):
         """Score the G responses to each lease (all groups of the batch at once, in parallel on the reward
         workers) and wrap each as a RolloutGroup with the engine's version spans and its reward figures."""
         from gspo_async.protocol.messages import Response, RolloutGroup
@@ -237,7 +260,8 @@ class Actor:
         reward_s = (time.time() - t0) / max(len(jobs), 1)
         out = []
         for lease, gens, score in zip(leases, groups, scores):
-            self.stats["reward_mean"] = float(np.mean(score.rewards))
+            if training:  # evaluation rewards stay out of the actor's training statistics
+                self.stats["reward_mean"] = float(np.mean(score.rewards))
             responses = [Response(tokens=np.asarray(g.tokens, dtype=np.int32),
                                   logprobs=np.asarray(g.logprobs, dtype=np.float32), reward=float(r),
                                   finish_reason=g.finish_reason,

@@ -6,9 +6,10 @@ dropped silently: ROUTER_MANDATORY makes a reply to a vanished peer an error we 
 matters: an unacked group, an unanswered lease request), and a Lease that cannot be delivered is returned.
 
 Memory stays bounded whatever the actors do: leases bound the groups in flight (and one actor's share of them),
-`max_buffered_groups` bounds the buffer ('retry_later' beyond), libzmq drops connections that send a frame over
-twice limits.max_message_bytes, each peer's queue is capped by the high-water marks, status replies are paged and
-rate-limited, and an unauthenticated CURVE connection is dropped after HANDSHAKE_IVL_MS.
+`max_buffered_groups` bounds the buffer ('retry_later' beyond), the frame gate (protocol/gate.py) closes a
+connection whose message passes MAX_FRAMES frames or twice limits.max_message_bytes before libzmq buffers it, each
+peer's queue is capped by the high-water marks, status replies are paged and rate-limited, and an unauthenticated
+CURVE connection is dropped after HANDSHAKE_IVL_MS.
 
 Fault isolation: an exception while handling one peer's message costs that message (an `internal` error reply and
 a counter), and an exception in a timer (lease expiry, parked leases, version announcements) costs that pass of
@@ -22,17 +23,18 @@ import threading
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from gspo_async.learner.coordinator import Coordinator
+from gspo_async.learner.evaluation import FleetEvaluation
 from gspo_async.learner.guards import (
-    HANDSHAKE_IVL_MS, STATUS_BURST, STATUS_RATE_PER_S, RateLimitedLog, TokenBucket, actor_config)
+    HANDSHAKE_IVL_MS, STATUS_BURST, STATUS_RATE_PER_S, Parked, RateLimitedLog, TokenBucket, actor_config, wire_rate)
 from gspo_async.protocol.auth import CurveServerKeys, apply_server_keys, check_bind, is_loopback, start_authenticator
 from gspo_async.protocol.codec import DEFAULT_FRAME_THRESHOLD, decode, encode
+from gspo_async.protocol.gate import MAX_FRAMES, FrameGate, source_fd
 from gspo_async.protocol.messages import (
     STATUS_PAGE_MAX, TO_LEARNER, Ack, ActorStatus, ErrorReply, Goodbye, Heartbeat, HeartbeatAck, Lease, LeaseRequest,
     Limits, PromptLease, ProtocolError, Register, RolloutGroup, StatusReply, StatusRequest, WeightVersion, Welcome)
@@ -42,29 +44,6 @@ from gspo_async.protocol.validate import check_group
 log = logging.getLogger("gspo_async.learner.endpoint")
 
 WELCOME_KEYS = ("config", "model_files", "weight_store")
-
-
-@dataclass
-class _Parked:
-    """A lease request held while admission is closed."""
-
-    actor_id: str
-    rid: int
-    n: int
-    deadline: float
-
-
-def _rate(value: float) -> float:
-    """A reported rate fit for the wire: finite and >= 0 (an actor may report NaN before its first batch)."""
-    return value if value >= 0 and value != float("inf") else 0.0
-
-
-def _source_fd(frame: zmq.Frame) -> int:
-    """The socket descriptor a received frame came through (-1 where libzmq does not say)."""
-    try:
-        return int(frame.get(zmq.SRCFD))
-    except (zmq.ZMQError, AttributeError, TypeError):
-        return -1
 
 
 class LearnerServer:
@@ -80,7 +59,9 @@ class LearnerServer:
     def __init__(self, coordinator: Coordinator, *, host: str = "127.0.0.1", port: int = 0, limits: Limits,
                  welcome_extra: Optional[dict[str, Any]] = None, curve: Optional[CurveServerKeys] = None,
                  insecure: bool = False, heartbeat_interval_s: float = 1.0, session: Optional[str] = None,
-                 frame_threshold: int = DEFAULT_FRAME_THRESHOLD, retry_after_s: float = 1.0, run_id: str = ""):
+                 frame_threshold: int = DEFAULT_FRAME_THRESHOLD, retry_after_s: float = 1.0, run_id: str = "",
+                 frame_gate: bool = True,
+                 evaluation: Optional[FleetEvaluation] = None):
         check_bind(host, curve, insecure)
         extra = dict(welcome_extra or {})
         unknown = set(extra) - set(WELCOME_KEYS)
@@ -98,8 +79,12 @@ class LearnerServer:
         self.port: int = port
         self.session = session or uuid.uuid4().hex[:16]
         self.run_id = run_id  # the training run (kept across resumes); "" = groups are not checked
+        # evaluation leases and groups (learner/evaluation.py); without one, one with no sets (never leases)
+        self.evaluation = evaluation or FleetEvaluation({}, n=1, lease_timeout_s=coordinator.lease_timeout_s)
         self.heartbeat_interval_s, self.retry_after_s = float(heartbeat_interval_s), float(retry_after_s)
         self.frame_threshold = frame_threshold
+        self.frame_gate = frame_gate  # relay connections through protocol/gate.py (bounds a multipart message)
+        self._gate: Optional[FrameGate] = None
         self._config = actor_config(dict(extra.get("config") or {}))
         self._model_files = dict(extra.get("model_files") or {})
         self._weight_store = (str(ws[0]), int(ws[1])) if ws else None
@@ -112,15 +97,15 @@ class LearnerServer:
         # actor, which leaves the weight broadcasts until it is heard from again (heartbeats decide its leases).
         self._fds: dict[bytes, int] = {}  # routing id -> socket descriptor of its last message
         self._cut: set[str] = set()  # actors whose connection closed since their last message
-        self._parked: dict[bytes, _Parked] = {}
+        self._parked: dict[bytes, Parked] = {}
         self._announce: Optional[int] = None
         self._wanted = 0  # groups take_groups still waits for
         # message-level counts, written by the socket thread; every key exists from the start so that readers
         # on other threads never see the dict change size
         self.transport: Counter[str] = Counter({k: 0 for k in (
             "messages_received", "messages_ok", "replies_failed", "handshakes_ok", "handshakes_failed",
-            "internal_errors", "timer_errors", "status_refused", "connections_closed", "no_source_fd",
-            *(f"received_{t}" for t in TO_LEARNER))})
+            "internal_errors", "timer_errors", "status_refused", "connections_closed", "connections_cut",
+            "no_source_fd", *(f"received_{t}" for t in TO_LEARNER))})
         # status for any peer only where the handshake authenticates (CURVE) or only local users can connect
         # (NULL on loopback); elsewhere (learner.insecure) only registered actors may ask
         self._status_open = curve is not None or is_loopback(host)
@@ -151,13 +136,20 @@ class LearnerServer:
         if self.curve:
             apply_server_keys(sock, self.curve)
         try:
-            sock.bind(endpoint(self.host, self._requested_port or "*"))
-        except zmq.ZMQError as err:
+            # behind the frame gate, the socket listens on a loopback port and the gate on the public address
+            sock.bind(endpoint(*(("127.0.0.1", "*") if self.frame_gate else (self.host, self._requested_port or "*"))))
+            self.port = int(sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
+            if self.frame_gate:
+                self._gate = FrameGate(self.host, self._requested_port, self.port, max_frames=MAX_FRAMES,
+                                       max_bytes=2 * self.limits.max_message_bytes)
+                self.port = self._gate.port
+        except (zmq.ZMQError, OSError) as err:
             sock.close(linger=0)
             self._close_context()
             raise OSError(f"cannot bind the learner to {self.host}:{self._requested_port} ({err}); is another "
                           "learner running? pick another learner.port or 0 for a free one") from None
-        self.port = int(sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
+        if self._gate is not None:
+            self._gate.start()
         self._monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS | zmq.EVENT_DISCONNECTED)
         self._sock = sock
         self._waker = Waker(self._ctx)
@@ -173,6 +165,9 @@ class LearnerServer:
         self._thread.join(timeout=10)
         with self._cond:
             self._cond.notify_all()
+        if self._gate is not None:
+            self._gate.close()
+            self._gate = None
         self._close_context()
         self._thread = None
 
@@ -222,6 +217,14 @@ class LearnerServer:
             self.coordinator.set_version(version)
             self._announce = version
         self._poke()
+
+    def evaluation_rounds(self, start_version: Optional[int] = None) -> list[dict[str, Any]]:
+        """Queue an evaluation round for weights `start_version` on the fleet (when given; parked lease requests
+        take it at the next tick); returns the rounds finished since the last call (`FleetEvaluation.completed`)."""
+        with self._lock:
+            if start_version is not None:
+                self.evaluation.start(start_version)
+            return self.evaluation.completed()
 
     def mark_trained(self, groups: list[RolloutGroup]) -> None:
         with self._lock:
@@ -273,9 +276,10 @@ class LearnerServer:
             counters, version = self.coordinator.counters(), self.coordinator.version
         total = len(actors)
         actors = actors[offset: offset + min(limit, STATUS_PAGE_MAX)]
-        rows = [ActorStatus(a["actor_id"], a["engine"], int(a["version"]), _rate(a["tokens_per_s"]), int(a["leases"]),
-                            max(0.0, a["last_contact_s"]), max(0.0, a["registered_s"]), int(a["groups_accepted"]),
-                            int(a["unacked"]), str(a["info"].get("address", ""))[:200]) for a in actors]
+        rows = [ActorStatus(a["actor_id"], a["engine"], int(a["version"]), wire_rate(a["tokens_per_s"]),
+                            int(a["leases"]), max(0.0, a["last_contact_s"]), max(0.0, a["registered_s"]),
+                            int(a["groups_accepted"]), int(a["unacked"]), str(a["info"].get("address", ""))[:200])
+                for a in actors]
         flat = {k: v for k, v in {**counters, **self.transport}.items() if type(v) in (int, float, bool)}
         return StatusReply(self.session, version, rows, accounting, flat, rid=rid, total_actors=total, offset=offset)
 
@@ -331,6 +335,7 @@ class LearnerServer:
                         except zmq.Again:
                             break
                         self._handle(frames)
+                        del frames  # a large message is freed now, not when the next one arrives
                 now = time.monotonic()
                 if now >= next_tick:
                     self._guarded(self._tick)
@@ -356,8 +361,11 @@ class LearnerServer:
             log.exception("learner server: %s failed; the server goes on", getattr(fn, "__name__", fn))
 
     def _tick(self) -> None:
+        if self._gate is not None:  # connections the frame gate closed for an oversized message
+            self.transport["connections_cut"] = self._gate.counts["cut"]
         with self._lock:
             events = self.coordinator.tick()
+            self.evaluation.tick()
         for actor_id in events["dead"]:
             log.warning("actor %s silent for > %.1f s: declared dead, its leases are re-issued", actor_id,
                         self.coordinator.heartbeat_timeout_s)
@@ -369,6 +377,7 @@ class LearnerServer:
         routing = self._routes.pop(actor_id, None)
         with self._lock:
             self._cut.discard(actor_id)
+            self.evaluation.forget(actor_id)
         if routing is not None:
             self._peers.pop(routing, None)
             self._parked.pop(routing, None)
@@ -401,6 +410,10 @@ class LearnerServer:
             log.info("actor %s: connection closed; left out of weight broadcasts until it is heard from again",
                      actor_id)
 
+    def _address(self, frame: zmq.Frame) -> str:
+        """The sender's IP (behind the frame gate: the client the gate relays for it)."""
+        return self._gate.client_of(source_fd(frame)) if self._gate is not None else peer_address(frame)
+
     def _send(self, routing: bytes, msg: Any) -> bool:
         frames = encode(msg, frame_threshold=self.frame_threshold)
         try:
@@ -422,7 +435,7 @@ class LearnerServer:
         routing, body = frames[0].bytes, frames[1:]
         self.transport["messages_received"] += 1
         actor_id = self._peers.get(routing)
-        self._fds[routing] = fd = _source_fd(body[0])
+        self._fds[routing] = fd = source_fd(body[0])
         if fd < 0 and not self.transport["no_source_fd"]:
             self.transport["no_source_fd"] += 1
             log.warning("this libzmq does not report a message's socket (ZMQ_SRCFD): a dead actor leaves weight "
@@ -434,7 +447,7 @@ class LearnerServer:
             msg = decode(body, limits=self.limits, accept=TO_LEARNER)
             self.transport[f"received_{type(msg).TYPE}"] += 1
             if isinstance(msg, Register):
-                self._on_register(routing, msg, peer_address(body[0]))
+                self._on_register(routing, msg, self._address(body[0]))
             elif isinstance(msg, StatusRequest):  # before the membership check: a status query is not an actor
                 self._on_status(routing, actor_id, msg)
             else:
@@ -458,7 +471,7 @@ class LearnerServer:
                     self._send(routing, HeartbeatAck(version, self.session, rid=msg.rid))
                 elif isinstance(msg, Goodbye):
                     with self._lock:
-                        self.coordinator.return_leases(actor_id, msg.return_leases)
+                        self._return(actor_id, msg.return_leases)
                         returned = self.coordinator.goodbye(actor_id)
                     self._forget(actor_id)
                     log.info("actor %s left (%s); %d lease(s) go back to the queue", actor_id, msg.reason or "goodbye",
@@ -491,7 +504,7 @@ class LearnerServer:
         with self._lock:
             self.coordinator.count_rejected(err.code, err.msg_type == "rollout_group")
         sender = actor_id or f"unregistered peer {routing.hex()}"
-        address = peer_address(body[0]) if body else ""
+        address = self._address(body[0]) if body else ""
         self._warn.warn(err.code, f"rejected {err.msg_type or 'message'} from {sender}"
                                   f"{' at ' + address if address else ''}: {err}")
         self._send(routing, ErrorReply(err.code, err.message[:4000], ref=err.ref, rid=err.rid))
@@ -529,9 +542,10 @@ class LearnerServer:
                                 msg_type=RolloutGroup.TYPE)
         with self._lock:
             allowed = self.coordinator.allowed_version
-        check_group(group, self.limits, allowed)  # the ceiling only grows, so a pass stays a pass
+        size = self.evaluation.group_size(group.prompt_id)  # None: not an evaluation prompt this learner issued
+        check_group(group, self.limits, allowed, size)  # the ceiling only grows, so a pass stays a pass
         with self._lock:
-            status = self.coordinator.offer(actor_id, group)
+            status = (self.coordinator if size is None else self.evaluation).offer(actor_id, group)
             if status == "accepted" and self.coordinator.buffered >= self._wanted:
                 self._cond.notify_all()
         self._send(routing, Ack(group.group_id, status, self.retry_after_s if status == "retry_later" else 0.0))
@@ -539,30 +553,37 @@ class LearnerServer:
     def _on_lease_request(self, routing: bytes, actor_id: str, req: LeaseRequest) -> None:
         with self._lock:
             if req.returned:
-                self.coordinator.return_leases(actor_id, req.returned)
+                self._return(actor_id, req.returned)
         held = self._parked.pop(routing, None)
         if held is not None:  # a new request replaces a held one, which still gets its (empty) answer
             self._send(routing, self._lease_reply([], "admission", held.rid))
         n = min(req.n, self.limits.max_lease_prompts)
         if n == 0 or not self._grant(routing, actor_id, req.rid, n, final=req.wait_s <= 0):
             if n:
-                self._parked[routing] = _Parked(actor_id, req.rid, n, time.monotonic() + req.wait_s)
+                self._parked[routing] = Parked(actor_id, req.rid, n, time.monotonic() + req.wait_s)
             else:
                 self._send(routing, self._lease_reply([], "", req.rid))
 
     def _grant(self, routing: bytes, actor_id: str, rid: int, n: int, final: bool) -> bool:
         """Lease up to n prompts and reply; with nothing to grant, reply only if `final` or exhausted."""
-        with self._lock:
-            prompts, reason = self.coordinator.lease(actor_id, n)
+        with self._lock:  # evaluation prompts first (outside admission); a reply holds one kind only
+            prompts = self.evaluation.lease(actor_id, n)
+            prompts, reason = (prompts, "") if prompts else self.coordinator.lease(actor_id, n)
         if not prompts and not final and reason != "exhausted":
             return False
         if not self._send(routing, self._lease_reply(prompts, reason, rid)) and prompts:
             with self._lock:  # undeliverable: the prompts go back at once instead of waiting for the timeout
-                self.coordinator.return_leases(actor_id, [p.prompt_id for p in prompts])
+                self._return(actor_id, [p.prompt_id for p in prompts])
         return True
 
+    def _return(self, actor_id: str, prompt_ids: list[int]) -> None:
+        """Leases the actor hands back, training and evaluation ones (each side ignores the other's ids)."""
+        self.coordinator.return_leases(actor_id, prompt_ids)
+        self.evaluation.return_leases(actor_id, prompt_ids)
+
     def _lease_reply(self, prompts: list, reason: str, rid: int) -> Lease:
-        return Lease([PromptLease(p.prompt_id, p.tokens, p.answer, p.meta) for p in prompts],
+        return Lease([PromptLease(p.prompt_id, p.tokens, p.answer, p.meta, getattr(p, "eval_set", ""))
+                      for p in prompts],
                      expires_in_s=self.coordinator.lease_timeout_s, version=self.coordinator.version,
                      reason=reason, rid=rid)
 

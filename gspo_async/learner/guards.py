@@ -1,10 +1,12 @@
-"""Guards of the learner's endpoint: what the Welcome may carry, rate limits, and a log that cannot be flooded."""
+"""Guards of the learner's endpoint: what the Welcome may carry, rate limits, a log that cannot be flooded, held
+lease requests and reported rates made fit for the wire."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable
 
 log = logging.getLogger("gspo_async.learner.endpoint")
@@ -56,3 +58,18 @@ class RateLimitedLog:
             self.last[reason], self.suppressed[reason] = now, 0
         else:
             self.suppressed[reason] += 1
+
+
+@dataclass
+class Parked:
+    """A lease request held while admission is closed (deadline: monotonic seconds)."""
+
+    actor_id: str
+    rid: int
+    n: int
+    deadline: float
+
+
+def wire_rate(value: float) -> float:
+    """A reported rate fit for the wire: finite and >= 0 (an actor may report NaN before its first batch)."""
+    return value if value >= 0 and value != float("inf") else 0.0

@@ -24,7 +24,6 @@ import torch
 
 from gspo_async.config import Config
 from gspo_async.dashboard.server import serve_dashboard
-from gspo_async.engines.base import SamplingSettings
 from gspo_async.engines.hf import HFEngine
 from gspo_async.learner import distributed
 from gspo_async.bootstrap import ensure_model
@@ -32,6 +31,7 @@ from gspo_async.learner.build import build_trainer, model_files, restore_trainer
 from gspo_async.learner.checkpoint import Checkpoint, load_latest, save_checkpoint, set_rng_state
 from gspo_async.learner.coordinator import Coordinator
 from gspo_async.learner.endpoint import LearnerServer
+from gspo_async.learner.evaluation import DEFAULT_SET, FleetEvaluation, eval_metrics
 from gspo_async.learner.fleet import FleetMetrics
 from gspo_async.learner.ledger import LedgerWriter
 from gspo_async.learner.prompts import PromptSource
@@ -41,7 +41,7 @@ from gspo_async.process import StartupError, StopFlag, setup_logging, setup_proc
 from gspo_async.protocol.auth import CurveServerKeys
 from gspo_async.protocol.messages import Limits
 from gspo_async.tasks import task_from_config
-from gspo_async.tasks.evaluate import evaluate
+from gspo_async.tasks.evaluate import evaluate, evaluation_sampling
 from gspo_async.tasks.reward_checks import RewardCheckError, last_reward_error, scoring_for_run
 from gspo_async.telemetry.derive import LoopMetrics, initial_values
 from gspo_async.telemetry.names import METRICS
@@ -88,6 +88,11 @@ class Learner:
         # every reward function is called on real items here, before any actor connects (RewardCheckError)
         self.reward, self.encoder, self.reward_monitor = scoring_for_run(cfg.task, self.task, self.tokenizer)
         self.exit_code = 0
+        # held-out sets: the task's own split and task.eval_sets (learner/evaluation.py), empty ones left out
+        sets = {DEFAULT_SET: self.task.eval_items(),
+                **{name: task_from_config(cfg.task.eval_set_config(name)).eval_items() for name in cfg.task.eval_sets}}
+        self.eval_sets = {name: items for name, items in sets.items() if items}
+        self.evaluating = bool(cfg.learner.eval_every and self.eval_sets)
         self.prompts = PromptSource(self.encoder.encode_items(self.task.train_items(cfg.seed)))
         self.coordinator = Coordinator(
             self.prompts, groups_per_step=cfg.groups_per_step, group_size=cfg.num_return_sequences_in_group,
@@ -154,6 +159,7 @@ class Learner:
             curve = CurveServerKeys.load(cfg.learner.curve.secret_key, cfg.learner.curve.authorized_clients)
         server = LearnerServer(
             self.coordinator, host=host, port=cfg.learner.port, limits=limits, curve=curve,
+            evaluation=self._fleet_evaluation() if cfg.learner.eval_on == "fleet" else None,
             insecure=cfg.learner.insecure, heartbeat_interval_s=cfg.learner.heartbeat_interval_s, run_id=self.run_id,
             welcome_extra={"config": cfg.to_dict(), "model_files": model_files(self.model_dir),
                            "weight_store": [cfg.learner.advertise_host or host, self.publisher.port]})
@@ -197,11 +203,53 @@ class Learner:
     def membership_changed(self) -> bool:
         return self.membership.changed(self.weight_members())
 
-    def evaluate(self) -> float:
-        items = self.task.eval_items()
-        if not items:
-            return float("nan")
-        max_new = self.cfg.learner.eval_max_new_tokens or self.cfg.response_length
+    def _fleet_evaluation(self) -> FleetEvaluation:
+        """The eval sets as evaluation prompts for the actors (prompts longer than prompt_length left out)."""
+        sets = {}
+        for name, items in self.eval_sets.items():
+            encoded = [(self.encoder(it.prompt), it.answer, it.meta) for it in items]
+            sets[name] = [e for e in encoded if len(e[0]) <= self.cfg.prompt_length]
+            if len(sets[name]) < len(encoded):
+                log.warning("[learner] eval set %s: %d of %d prompts are longer than prompt_length=%d and are not "
+                            "evaluated", name, len(encoded) - len(sets[name]), len(encoded), self.cfg.prompt_length)
+        return FleetEvaluation({k: v for k, v in sets.items() if v}, n=self.cfg.learner.eval_n,
+                               lease_timeout_s=self.cfg.learner.lease_timeout_s)
+
+    def record_evaluation(self, version: int, sets: dict[str, dict[str, float]]) -> dict[str, float]:
+        """Record one evaluation of weights `version` ({set: {accuracy, pass_at_k, mean_length}}): registry,
+        history (with the step it was recorded at); returns its metrics."""
+        metrics = {"eval/version": float(version)}
+        for name, result in sets.items():
+            metrics.update(eval_metrics(name, result))
+        self.registry.inc("eval/runs")  # an event marker: accuracy alone repeats in every record
+        self.registry.update(metrics)
+        self.history.append({"step": float(self.step), **metrics})
+        log.info("[learner] evaluation of version %d: %s", version, ", ".join(
+            f"{name} accuracy {r['accuracy']:.3f} pass@{self.cfg.learner.eval_n} {r['pass_at_k']:.3f} length "
+            f"{r['mean_length']:.1f}" for name, r in sets.items()))
+        return metrics
+
+    def fleet_evaluations(self, start: bool = False) -> dict[str, float]:
+        """learner.eval_on: fleet: start a round for the current version (`start`) and record the rounds that
+        finished; returns the metrics of the newest one ({} when none finished)."""
+        metrics: dict[str, float] = {}
+        for done in self.server.evaluation_rounds(self.version if start else None):
+            metrics = self.record_evaluation(done["version"], done["sets"])
+        return metrics
+
+    def finish_fleet_evaluations(self) -> None:
+        """At the end of the run: wait (up to lease_timeout_s) for the rounds still out on the fleet."""
+        deadline = time.monotonic() + self.cfg.learner.lease_timeout_s
+        while self.server.evaluation.pending and time.monotonic() < deadline and not self.stop.is_set():
+            time.sleep(0.1)  # polling interval: the rounds finish on the server thread
+            self.fleet_evaluations()
+        if self.server.evaluation.pending:
+            log.warning("[learner] %d evaluation round(s) unfinished at the end of the run (no actor answered "
+                        "within learner.lease_timeout_s); their results are not recorded",
+                        self.server.evaluation.pending)
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out evaluation on the learner (training waits): records and returns the metrics."""
         engine = self.eval_engine
         if self.distributed:  # ZeRO-3: every rank helps gather the copy rank 0 evaluates (backend docstring)
             distributed.announce_export()
@@ -210,11 +258,14 @@ class Learner:
                 engine = HFEngine((model, self.tokenizer), device=self.cfg.learner.device, seed=self.cfg.seed,
                                   evaluation=True)
         self.model.eval()
+        sets = {}
         with torch.no_grad(), self.engine.autocast():  # the actors' compute dtype under mixed precision
-            result = evaluate(engine, self.tokenizer, items, self.reward,
-                              SamplingSettings(temperature=0.0, max_new_tokens=max_new), encode=self.encoder)
-        self.registry.inc("eval/runs")  # an event marker: accuracy alone repeats in every record
-        return float(result["accuracy"])
+            for name, items in self.eval_sets.items():
+                result = evaluate(engine, self.tokenizer, items, self.reward, evaluation_sampling(self.cfg),
+                                  n=self.cfg.learner.eval_n, encode=self.encoder)
+                sets[name] = {"accuracy": result["accuracy"], "pass_at_k": result["pass_at_n"],
+                              "mean_length": result["mean_length"]}
+        return self.record_evaluation(self.version, sets)
 
     def record_ended(self, records: list[dict[str, Any]], sync: bool = False) -> None:
         """Append prompts that ended by this step to the ledger (a failed write is logged; training goes on)."""
@@ -281,12 +332,13 @@ class Learner:
         cfg = self.cfg
         total = cfg.learner.total_steps
         self._start_services()
-        if self.step == 0 and cfg.learner.eval_every:
-            acc = self.evaluate()
-            self.registry.set("eval/accuracy", acc)
+        fleet_eval = self.evaluating and cfg.learner.eval_on == "fleet"
+        if self.step == 0 and fleet_eval:
+            self.fleet_evaluations(start=True)
+            log.info("[learner] evaluation of version 0 (before RL) queued for the actors")
+        elif self.step == 0 and self.evaluating:
+            self.evaluate()
             self.registry.log(self.step)
-            self.history.append({"step": 0, "eval/accuracy": acc})
-            log.info("[learner] step 0: held-out accuracy %.3f (before RL)", acc)
         start = time.time()
         last_log = start
         while self.step < total and not self.stop.is_set():
@@ -297,6 +349,8 @@ class Learner:
                     self.sync_weights("membership")
                 batch += self.server.take_groups(cfg.rollout_batch_size - len(batch), timeout_s=0.2)
                 if time.time() - last_log > cfg.telemetry.log_every_s:  # keep the dashboard live while waiting
+                    if fleet_eval:
+                        self.fleet_evaluations()
                     self.registry.update(self.fleet_metrics())
                     self.registry.log(self.step)
                     last_log = time.time()
@@ -326,15 +380,20 @@ class Learner:
                 "train/step": float(self.step), "train/version": float(self.version), "train/step_s": train_s,
                 "staleness/mean": sum(lags) / len(lags), "staleness/max": float(max(lags)),
                 "learner/wait_s": wait_s, **self.last_sync, **self.fleet_metrics()})
-            if cfg.learner.eval_every and (self.step % cfg.learner.eval_every == 0 or self.step == total):
-                metrics["eval/accuracy"] = self.evaluate()
+            due = self.evaluating and (self.step % cfg.learner.eval_every == 0 or self.step == total)
+            if fleet_eval:  # the actors serve it between their training batches; results come steps later
+                metrics.update(self.fleet_evaluations(start=due))
+            elif due:
+                metrics.update(self.evaluate())
             reward_metrics = self.reward_monitor.observe(batch)
             metrics.update(reward_metrics)
             self.registry.update({k: v for k, v in metrics.items() if _is_metric(k)})
             self.registry.update(reward_metrics)  # per-function names are a family, not in METRICS
             self.registry.log(self.step)
             last_log = time.time()
-            self.history.append({k: v for k, v in metrics.items() if isinstance(v, float)})
+            # evaluations have their own history entries (record_evaluation)
+            self.history.append({k: v for k, v in metrics.items()
+                                 if isinstance(v, float) and not k.startswith("eval/")})
             self._log_progress(metrics, time.time() - start)
             if (warning := self.reward_monitor.take_warning()) is not None:
                 log.warning("[learner] %s", warning)
@@ -345,6 +404,8 @@ class Learner:
                 break
             if cfg.learner.checkpoint.every and self.step % cfg.learner.checkpoint.every == 0:
                 self.checkpoint()
+        if fleet_eval:
+            self.finish_fleet_evaluations()
         self.server.close_intake()  # what is acknowledged as accepted from here on would miss the final state
         saved = self.checkpoint()
         # The final record: every count as the ledger now holds it, and the run marked ended.
@@ -376,8 +437,11 @@ class Learner:
     def _write_summary(self, elapsed: float, saved: bool = True) -> None:
         accs = [(h["step"] if "step" in h else h.get("train/step"), h["eval/accuracy"])
                 for h in self.history if "eval/accuracy" in h]
+        by_version = [(h["eval/version"], h["eval/accuracy"]) for h in self.history
+                      if "eval/version" in h and "eval/accuracy" in h]
         summary = {"steps": self.step, "version": self.version, "seconds": elapsed,
-                   "eval_accuracy": accs, "accounting": self.server.accounting(), "counters": self.server.counters(),
+                   "eval_accuracy": accs, "eval_accuracy_by_version": by_version,
+                   "accounting": self.server.accounting(), "counters": self.server.counters(),
                    "start_accuracy": accs[0][1] if accs else None, "final_accuracy": accs[-1][1] if accs else None}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
         total = self.cfg.learner.total_steps

@@ -158,9 +158,12 @@ class ActorClient:
             f"no answer from a learner at {self.host}:{self.port} within {timeout_s:g} s: check that the learner "
             "is running and the address is right; with CURVE keys, check actor.curve.server_public_key")
 
-    def lease(self, n: int, timeout_s: float = 10.0, wait_s: float = 0.0) -> list[PromptLease]:
+    def lease(self, n: int, timeout_s: float = 10.0, wait_s: float = 0.0,
+              stop: Optional[threading.Event] = None) -> list[PromptLease]:
         """Up to `n` prompts. [] when admission is closed (see `last_lease_reason`) or no reply came in
-        `timeout_s`. wait_s > 0 lets the learner hold the request that long for admission to open."""
+        `timeout_s`, or when `stop` is set meanwhile (seen within 0.1 s: a stopping actor does not wait out the
+        timeout of a learner that went away). wait_s > 0 lets the learner hold the request that long for admission
+        to open."""
         self._require_connected()
         if n < 1:
             raise ValueError(f"lease(n={n}): ask for at least one prompt")
@@ -172,7 +175,10 @@ class ActorClient:
             self._waiters[waiter.request.rid] = waiter
             self._outbox.append(waiter.request)
         self._waker.wake()
-        waiter.event.wait(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while not waiter.event.wait(max(min(0.1, deadline - time.monotonic()), 0.0)):
+            if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
+                break
         with self._lock:
             self._waiters.pop(waiter.request.rid, None)  # from now on a late answer goes to _spare
             reply = waiter.reply
@@ -192,15 +198,15 @@ class ActorClient:
             self._outbox.append(LeaseRequest(0, returned=[int(p) for p in prompt_ids], rid=next(self._rids)))
         self._waker.wake()
 
-    def push(self, group: RolloutGroup) -> None:
+    def push(self, group: RolloutGroup, group_size: Optional[int] = None) -> None:
         """Queue `group` for the learner (non-blocking). It is checked here first (ValueError / ProtocolError on
         a malformed group) and kept until acknowledged. Arrays of 1 MiB or more travel without a copy: do not
-        modify them after pushing."""
+        modify them after pushing. group_size: responses of an evaluation group (learner.eval_n; default G)."""
         self._require_connected()
         if not group.run_id:  # the run this group is made for: a learner of another run refuses it by name
             group.run_id = self.run_id
         group = normalize_group(group, actor_id=self.actor_id)
-        check_group(group, self.limits, max(self.version, self.applied_version or 0))
+        check_group(group, self.limits, max(self.version, self.applied_version or 0), group_size)
         frames = encode(group, frame_threshold=self.frame_threshold)
         with self._lock:
             if group.group_id in self._pending:

@@ -117,6 +117,9 @@ class PromptLease(_Message):
     tokens: np.ndarray = wire(Array("<i4", lambda L: L.max_prompt_tokens))
     answer: str = wire(Str(max_bytes=1 << 20))
     meta: dict[str, Any] = wire(Free(lambda L: L.max_meta_bytes), factory=dict, required=True)
+    # "" = a training prompt; else the eval set of an evaluation prompt (answered with learner.eval_n responses at
+    # the evaluation sampling; its group is scored, never trained on: learner/evaluation.py)
+    eval_set: str = wire(Str(max_bytes=64), "", required=True)
 
 
 @dataclass(eq=False)

@@ -44,12 +44,15 @@ def read_message(msg_type: str, body: dict, ctx: Context) -> Any:
 # Meaning of a rollout group
 # ------------------------------------------------------------------------------------------------------------
 
-def check_group(group: RolloutGroup, limits: Limits, version: int) -> None:
+def check_group(group: RolloutGroup, limits: Limits, version: int, group_size: int | None = None) -> None:
     """Raise ProtocolError unless `group` is a well-formed group of G responses under `limits` whose version spans
-    name no version above `version` (the learner's current one). Arrays must already be int32 / float32."""
+    name no version above `version` (the learner's current one). Arrays must already be int32 / float32.
+    group_size: the responses expected when not G (an evaluation prompt's learner.eval_n, at most G)."""
     ctx = Context(limits, msg_type="rollout_group", ref=group.group_id if isinstance(group.group_id, str) else "")
-    if len(group.responses) != limits.group_size:
-        ctx.fail("group_size", f"{len(group.responses)} responses, the learner's group size is {limits.group_size}")
+    size = limits.group_size if group_size is None else group_size
+    if len(group.responses) != size:
+        ctx.fail("group_size", f"{len(group.responses)} responses, the learner expects {size} for this prompt "
+                               f"(group size {limits.group_size})")
     _check_shape(group.prompt_tokens, "prompt_tokens", limits.max_prompt_tokens, ctx)
     _check_vocab(group.prompt_tokens, "prompt_tokens", limits, ctx)
     for i, r in enumerate(group.responses):  # shapes, types and spans, response by response

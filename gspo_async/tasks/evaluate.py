@@ -52,3 +52,11 @@ def evaluate(
             tokens += sum(len(g.tokens) for g in group)
             count += len(group)
     return {"accuracy": total / count, "pass_at_n": solved / len(items), "mean_length": tokens / count}
+
+
+def evaluation_sampling(cfg: Any) -> SamplingSettings:
+    """The sampling of held-out evaluation, on the learner and on the fleet alike: learner.eval_temperature
+    (0 = greedy; else plain temperature sampling, top_p 1 and top_k 0), up to learner.eval_max_new_tokens
+    (default response_length) new tokens."""
+    return SamplingSettings(temperature=cfg.learner.eval_temperature, top_p=1.0, top_k=0,
+                            max_new_tokens=cfg.learner.eval_max_new_tokens or cfg.response_length)

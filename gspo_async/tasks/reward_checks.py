@@ -151,7 +151,7 @@ class RewardMonitor:
             f"whitespace, chat template); responses cut at response_length ({100 * truncated_frac:.0f}% of the "
             "last batch were truncated); or the task is too hard or too easy for the model (all 0 or all 1). "
             "`gspo-async preflight CONFIG` shows prompts, responses and rewards side by side.")
-        log.warning(self.warning)
+        # the caller logs it once, from take_warning (the learner, on its own log line)
 
 
 def last_reward_error(actors: Sequence[dict[str, Any]]) -> str | None:

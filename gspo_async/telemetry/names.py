@@ -119,8 +119,14 @@ _METRICS: list[Metric] = [
        when="a reward call failed"),
     _m("reward/error_frac", GAUGE, "share of responses with a failed reward call, last reward_error_window groups",
        when="a reward call failed"),
-    _m("eval/accuracy", GAUGE, "held-out accuracy of the latest evaluation, in [0, 1]", window=EVAL),
+    _m("eval/accuracy", GAUGE, "held-out accuracy (mean reward) of the latest evaluation; named sets: "
+       "eval/<set>/accuracy", window=EVAL),
     _m("eval/runs", COUNTER, "evaluations run (an increase marks an evaluation)", "evaluations"),
+    _m("eval/pass_at_k", GAUGE, "share of held-out prompts with a reward >= 1 among learner.eval_n responses",
+       window=EVAL),
+    _m("eval/mean_length", GAUGE, "mean response length of the latest evaluation", "tokens", window=EVAL),
+    _m("eval/version", GAUGE, "weight version of the latest evaluation (on the fleet: this version or newer)",
+       "versions", window=EVAL),
     _m("response/length_mean", GAUGE, "mean response length of the last training batch", "tokens", window=STEP),
     _m("response/length_max", GAUGE, "longest response of the last training batch", "tokens", window=STEP),
     _m("response/truncated_frac", GAUGE, "share of the last batch's responses cut at response_length", window=STEP),
@@ -246,6 +252,12 @@ REWARD_FN_METRIC = _m("reward/<fn>/<key>", GAUGE, "one reward function's mean (o
                       "last training batch", window=STEP)
 
 
+# One named eval set (task.eval_sets): `eval/<set>/accuracy`, `eval/<set>/pass_at_k`, `eval/<set>/mean_length`.
+EVAL_SET_KEYS = ("accuracy", "pass_at_k", "mean_length")
+EVAL_SET_METRIC = _m("eval/<set>/<key>", GAUGE, "latest evaluation of a named set (task.eval_sets): accuracy, "
+                     "pass_at_k or mean_length", window=EVAL)
+
+
 # Groups dropped by filter_groups per constant reward value: `groups/filtered/<reward>` (1.0 -> 1, 0.5 -> 0_5).
 FILTERED_BY_REWARD_METRIC = _m("groups/filtered/<reward>", COUNTER, "groups dropped by filter_groups whose every "
                                "response had this reward", "groups")
@@ -276,6 +288,8 @@ def lookup(name: str) -> Metric:
     if parts[0] == "reward" and len(parts) == 3 and parts[1] != "errors" and all(
             re.fullmatch(r"[a-z0-9_]+", p) for p in parts[1:]):
         return REWARD_FN_METRIC  # reward/<function>/<mean or a key the function's dict returned>
+    if parts[0] == "eval" and len(parts) == 3 and parts[2] in EVAL_SET_KEYS and re.fullmatch(r"[a-z0-9_]+", parts[1]):
+        return EVAL_SET_METRIC
     if parts[:2] == ["groups", "filtered"] and len(parts) == 3 and re.fullmatch(r"[a-z0-9_]+", parts[2]):
         return FILTERED_BY_REWARD_METRIC
     import difflib

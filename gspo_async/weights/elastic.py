@@ -21,7 +21,9 @@ order (the learner is rank 0). Every wait is bounded by `timeout_s`; a failed ro
 group, which unblocks the survivors, and the next round forms a fresh generation. Who is alive is
 decided elsewhere (the learner's connections and heartbeats): given an `alive` callable, a round
 stops waiting the moment a member it waits for is no longer alive, and names it in `missing`, so a
-dead actor costs one failed round, never `timeout_s`.
+dead actor costs one failed round, never `timeout_s`. That holds inside the process group's rendezvous
+too: it runs on a thread of its own (`GroupFormation`) on both sides; the learner gives up on it when a
+member is gone and marks the round failed, and the survivors, polling that status, give up as well.
 
 Receivers get every round into fresh buffers, so an engine can apply a complete version at a safe
 point (between generation batches) while the next one is already arriving.
@@ -44,7 +46,8 @@ import torch.distributed as dist
 
 from gspo_async.weights.buckets import (Bucket, NamedTensors, flatten_bucket, named_items, plan_buckets,
                                         plan_from_json, plan_to_json, state_checksum, unflatten_bucket)
-from gspo_async.weights.groups import LOOPBACK_HOSTS, abort_group, broadcast, check_backend, make_group, wait_work
+from gspo_async.weights.groups import (LOOPBACK_HOSTS, GroupAbandoned, GroupFormation, abort_group, broadcast,
+                                       check_backend, join_formations, wait_work)
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +172,7 @@ class WeightPublisher:
         self._staging: dict[tuple[int, torch.dtype], torch.Tensor] = {}
         self._round_members: dict[int, list[str]] = {}
         self._known: set[str] = set()  # every actor ever listed: told when the store closes
+        self._abandoned: list[GroupFormation] = []  # rendezvous given up on; joined at close
 
     @property
     def generation(self) -> int:
@@ -271,8 +275,23 @@ class WeightPublisher:
                                f"within {self.timeout_s:g}s", missing)
         self._store.set(_key(seq, "go"), "1")
         start = time.perf_counter()
-        self._group = make_group(self.backend, dist.PrefixStore(f"pg/{self._gen}", self._store), 0,
-                                 len(members) + 1, self.timeout_s, self.device, self.bind_host)
+        # The rendezvous runs on a thread of its own: a member that dies inside it (after "ready") would hold it
+        # for timeout_s, so the round stops waiting as soon as `alive` no longer lists a member. The survivors see
+        # the round's "failed" status and give up on this generation too.
+        formation = GroupFormation(self.backend, self.host, self.port, f"pg/{self._gen}", 0, len(members) + 1,
+                                   self.timeout_s, self.device, self.bind_host)
+        gone: list[str] = []
+
+        def members_gone() -> str | None:
+            if alive is not None:
+                living = set(alive())
+                gone[:] = [m for m in members if m not in living]
+            return f"members {gone} left while generation {self._gen} formed" if gone else None
+        try:
+            self._group = formation.wait(members_gone, ALIVE_POLL_S)
+        except GroupAbandoned as e:
+            self._abandoned = [f for f in self._abandoned if not f.join(0)] + [formation]
+            raise _RoundFailed(f"{e} (connection closed or heartbeat lost)", list(gone)) from None
         self._group_members = list(members)
         return time.perf_counter() - start
 
@@ -353,7 +372,8 @@ class WeightPublisher:
             if self._store is not None:
                 for m in self._known:  # waiting members end cleanly instead of meeting a dead socket
                     self._store.queue_push(f"notify/{m}", CLOSED)
-            self._store = None
+            self._store = None  # the server goes: abandoned rendezvous fail at once and their threads end
+            self._abandoned = join_formations(self._abandoned, self.timeout_s + 1)
 
 
 class WeightSubscriber:
@@ -376,6 +396,8 @@ class WeightSubscriber:
         self.compute_checksum = self.device.type == "cpu" if compute_checksum is None else compute_checksum
         self.failed_rounds = 0
         timeout = timedelta(seconds=self.timeout_s)
+        self._host, self._port = host, port
+        self._abandoned: list[GroupFormation] = []  # rendezvous given up on; joined at close
         self._store: dist.TCPStore | None = dist.TCPStore(host, port, None, False, timeout)
         self._waker: dist.TCPStore | None = dist.TCPStore(host, port, None, False, timeout)  # only stop() uses it
         self._notify = f"notify/{self.actor_id}"
@@ -472,10 +494,23 @@ class WeightSubscriber:
                 return self._fail(seq, "the learner never answered 'go'")
             if store.get(_key(seq, "go")) != b"1":
                 return self._fail(seq, "the learner abandoned this generation")
+            # on a thread of its own: if a member dies inside the rendezvous, the learner calls the round off
+            # (its status appears) and this actor is free for the next round instead of waiting out timeout_s
+            formation = GroupFormation(self.backend, self._host, self._port, f"pg/{gen}",
+                                       record["members"].index(self.actor_id) + 1, len(record["members"]) + 1,
+                                       self.timeout_s, self.device, self.bind_host)
+
+            def called_off() -> str | None:
+                if self._stop.is_set():
+                    return "stopped"
+                if store.check([_key(seq, "status")]):
+                    return "the learner called the round off (a member left while the group formed)"
+                return None
             try:
-                group = make_group(self.backend, dist.PrefixStore(f"pg/{gen}", store),
-                                   record["members"].index(self.actor_id) + 1, len(record["members"]) + 1,
-                                   self.timeout_s, self.device, self.bind_host)
+                group = formation.wait(called_off)
+            except GroupAbandoned as e:
+                self._abandoned = [f for f in self._abandoned if not f.join(0)] + [formation]
+                return None if self._stop.is_set() else self._fail(seq, f"generation {gen}: {e}")
             except RuntimeError as e:
                 return self._fail(seq, f"forming generation {gen} failed: {e}")
             with self._lock:
@@ -532,7 +567,8 @@ class WeightSubscriber:
 
         Returns False if `receive` did not return in time (its clients are then left alone, so stop
         the receiving thread before the interpreter exits: a thread holding a TCPStore at exit can
-        abort the process).
+        abort the process), or if a rendezvous this actor gave up on (a member died while a group
+        formed) still waits for its timeout after the same wait.
         """
         self.stop()
         if not self._receiving.acquire(timeout=3 * self.timeout_s + 1 if timeout_s is None else timeout_s):
@@ -542,4 +578,6 @@ class WeightSubscriber:
                 self._store, self._waker = None, None
         finally:
             self._receiving.release()
-        return True
+        # an abandoned rendezvous ends at its timeout, or at once when the learner's store is gone
+        self._abandoned = join_formations(self._abandoned, self.timeout_s + 1 if timeout_s is None else timeout_s)
+        return not self._abandoned

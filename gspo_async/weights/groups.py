@@ -7,12 +7,17 @@ prefix whenever the set of actors changes.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("gloo", "nccl")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -105,3 +110,84 @@ def abort_group(group: dist.ProcessGroup | None) -> None:
         group.abort()
     except RuntimeError:
         pass  # already broken: nothing left to unblock
+
+
+class GroupFormation:
+    """`make_group` on a thread of its own, with a store client of its own, so that its caller can give up on it.
+
+    A rendezvous blocks until every rank has joined or the group's timeout passed; a rank that died meanwhile
+    (SIGKILL between "ready" and its own rendezvous) holds every other rank for that timeout. A formation lets the
+    caller wait in short steps and stop waiting the moment it knows the group can no longer form (a member is
+    gone, the round was called off): `wait(until_abandoned)`. The abandoned thread still ends by itself within the
+    timeout (or at once when the store's server goes away); a group it forms too late is aborted. `join` waits
+    for that end: call it before the process exits (a thread blocked in the rendezvous at interpreter exit
+    aborts the process).
+
+    Args:
+        host, port: the store's server (the learner's TCPStore); the formation opens its own client to it.
+        prefix: the generation's store prefix ("pg/<gen>").
+        rank, size, timeout_s, device, bind_host: as for `make_group` (timeout in seconds).
+    """
+
+    def __init__(self, backend: str, host: str, port: int, prefix: str, rank: int, size: int, timeout_s: float,
+                 device: torch.device, bind_host: str | None = None):
+        self._args = (backend, rank, size, timeout_s, device, bind_host)
+        self._host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host in ("::", "[::]") else host
+        self._port, self._prefix, self.timeout_s = port, prefix, timeout_s
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._abandoned = False
+        self.group: dist.ProcessGroup | None = None
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"group-formation-{prefix}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        backend, rank, size, timeout_s, device, bind_host = self._args
+        group = None
+        try:
+            client = dist.TCPStore(self._host, self._port, None, False, timedelta(seconds=timeout_s))
+            group = make_group(backend, dist.PrefixStore(self._prefix, client), rank, size, timeout_s, device,
+                               bind_host)
+        except Exception as err:  # DistStoreError (timeout), DistNetworkError (store gone), gloo/NCCL errors
+            self.error = err
+        with self._lock:
+            if self._abandoned:
+                abort_group(group)  # formed (or failed) after its caller gave up: nobody will use it
+            else:
+                self.group = group
+            self._done.set()
+
+    def wait(self, until_abandoned: Callable[[], str | None], poll_s: float = 0.02) -> dist.ProcessGroup:
+        """The formed group. Every `poll_s` seconds `until_abandoned()` is asked; when it returns a reason (a
+        non-empty string) the formation is abandoned and `GroupAbandoned` raised with it. A failed rendezvous
+        raises its own error (a RuntimeError such as DistStoreError at the timeout)."""
+        while not self._done.wait(poll_s):
+            reason = until_abandoned()
+            if reason:
+                with self._lock:
+                    if not self._done.is_set():
+                        self._abandoned = True
+                        raise GroupAbandoned(reason)
+        if self.error is not None:
+            raise self.error
+        return self.group
+
+    def join(self, timeout_s: float) -> bool:
+        """Wait at most `timeout_s` seconds for the thread to end; returns whether it did."""
+        self._thread.join(max(timeout_s, 0.0))
+        return not self._thread.is_alive()
+
+
+class GroupAbandoned(Exception):
+    """A group formation given up by its caller (the reason is the message)."""
+
+
+def join_formations(formations: list[GroupFormation], timeout_s: float) -> list[GroupFormation]:
+    """Join abandoned formations, all within `timeout_s` seconds; returns those still running (logged)."""
+    deadline = time.monotonic() + timeout_s
+    left = [f for f in formations if not f.join(deadline - time.monotonic())]
+    if left:
+        log.warning("%d abandoned weight-sync group formation(s) still wait for their rendezvous timeout",
+                    len(left))
+    return left

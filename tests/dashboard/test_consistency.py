@@ -14,6 +14,7 @@ import json
 import re
 import time
 import urllib.request
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from gspo_async.dashboard.summary import COUNTS, DROP_REASONS
 from gspo_async.learner.ledger import replay
 from gspo_async.telemetry import read_metrics
 from gspo_async.telemetry.names import ACTOR_METRICS, METRICS, lookup
-from tests.dashboard.forced_drops import GROUP_SIZE
+from tests.dashboard.forced_drops import ACTOR_IDS, GROUP_SIZE
 from tests.telemetry.test_grafana import DASHBOARD, queried_series, registry_names
 
 pytestmark = pytest.mark.slow
@@ -110,6 +111,44 @@ def test_trained_staleness_histogram_equals_the_ledger(forced_run):
     hist = record["staleness/hist"]
     assert {lag: n for lag, n in enumerate(hist) if n} == {lag: float(n) for lag, n in ledger_hist.items() if n}
     assert max(ledger_hist) <= 1  # max_staleness: nothing staler was trained
+
+
+def test_every_step_record_carries_the_counters_up_to_that_step(forced_run):
+    """Counters go into every step record, not only into records written while the learner waits: at each step
+    the trained-groups counter equals the ledger's groups trained up to that step, and the stale-drop counter
+    never falls behind the ledger's stale drops of earlier steps."""
+    ledger = replay(forced_run.run_dir)
+    trained_by_step = Counter(r["step"] for r in ledger.trained.values())
+    stale_by_step = Counter(r["step"] for r in ledger.dropped.values() if r["reason"] == "stale")
+    steps = [r for r in read_metrics(forced_run.run_dir) if "train/step" in r]
+    assert len(steps) >= 5
+    for rec in steps:
+        step = int(rec["train/step"])
+        assert rec.get("train/groups", 0) == sum(n for s, n in trained_by_step.items() if s <= step), (step, rec)
+        assert rec.get("staleness/dropped", 0) >= sum(n for s, n in stale_by_step.items() if s < step), (step, rec)
+
+def test_actor_lag_is_the_staleness_of_the_groups_it_delivered(forced_run):
+    """actor/<id>/delivered_version is the oldest weight version of a group that actor delivered (the ledger lists
+    it, unless the group was still queued when the run stopped: then it is newer than any the ledger has), and
+    actor/<id>/version_lag is that group's staleness on arrival, so never more than the learner's version minus it:
+    a heartbeat-timing lag would not be tied to the ledger's groups."""
+    ledger = replay(forced_run.run_dir)
+    versions: dict[str, set[int]] = defaultdict(set)
+    for r in [*ledger.trained.values(), *ledger.dropped.values()]:
+        if r.get("actor_id") and r.get("min_version") is not None:
+            versions[r["actor_id"]].add(int(r["min_version"]))
+    checked: Counter = Counter()
+    for rec in read_metrics(forced_run.run_dir):
+        for aid in ACTOR_IDS:
+            delivered = rec.get(f"actor/{aid}/delivered_version")
+            if delivered is None or delivered < 0:
+                continue
+            assert int(delivered) in versions[aid] or int(delivered) > max(versions[aid], default=-1), \
+                (aid, delivered, sorted(versions[aid]))
+            version = rec.get("train/version", 0.0)  # records before the first step have none: version 0
+            assert 0 <= rec[f"actor/{aid}/version_lag"] <= version - delivered, (aid, rec)
+            checked[aid] += 1
+    assert checked["fast0"] >= 5, checked  # the fast actor delivered throughout the run
 
 
 def _js_metric_names(text: str) -> set[str]:

@@ -9,10 +9,7 @@ import asyncio
 import copy
 import gc
 import importlib.util
-import json
-import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -442,6 +439,31 @@ def test_ipc_handles_open_on_the_workers_device():
     assert on_device(len, args, torch.device("cuda", 3)) == args  # other handles pass unchanged
 
 
+
+def test_loads_on_a_gpu_worker_end_with_a_device_synchronise(monkeypatch):
+    """On a CUDA worker, a load leaves the device scope only after torch.cuda.synchronize(worker.device), as vLLM's
+    worker does, so the actor may free an IPC source tensor once the RPC returns (CPU: no GPU, the call is
+    recorded; the scope is the worker's device)."""
+    from gspo_async.engines.vllm_worker import GSPOWorkerExtension
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("real vLLM installed: its config scope needs the worker's real vllm_config")
+    synced, default_device = [], []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+
+    class Worker(GSPOWorkerExtension):
+        device = torch.device("cuda", 1)
+
+    with Worker()._gspo_loading():
+        default_device.append(torch.get_default_device())
+        assert synced == []  # not before the load ran
+    assert default_device == [torch.device("cuda", 1)] and synced == [torch.device("cuda", 1)]
+    cpu = Worker()
+    cpu.device = torch.device("cpu")
+    with cpu._gspo_loading():
+        pass
+    assert synced == [torch.device("cuda", 1)]  # a CPU worker has nothing to synchronise
+
 # ------------------------------------------------------------------------------------------------------------------
 # vLLM's NCCL weight transfer (gloo stands in), timeouts, resync
 # ------------------------------------------------------------------------------------------------------------------
@@ -505,7 +527,8 @@ def test_hanging_update_times_out_then_full_resync(tiny):
         t0 = time.monotonic()
         with pytest.raises(WeightSyncTimeout, match=r"(?s)version 1: step 'update_weights'.*full resync"):
             engine.receive_weights(weight_metadata(tiny["new"]), 1)  # the learner never sends
-        assert time.monotonic() - t0 < 5
+        # ends after the 1 s step timeout; the bound only tells a timeout from a hang, far from both
+        assert time.monotonic() - t0 < 30
         assert engine.needs_resync and engine.version == 0
         with pytest.raises(EngineNeedsResync, match="apply_weights"):
             engine.generate(PROMPTS, 1, SamplingSettings(max_new_tokens=3))
@@ -574,68 +597,3 @@ def test_host_payload_round_trip():
         assert back[name].dtype == t.dtype and torch.equal(back[name], t)
     with pytest.raises(ValueError, match="unknown dtype"):
         list(decode_host([["x", "float99", [1], b"\0\0\0\0"]]))
-
-
-@pytest.mark.parametrize("name", ["gpu_qwen2.5-1.5b.yaml", "gpu_qwen2.5-7b.yaml"])
-def test_gpu_configs_load(name):
-    cfg = load_config(ROOT / "configs" / name)
-    assert cfg.actor.engine == "vllm" and cfg.learner.device.startswith("cuda")
-    assert cfg.clip_range == (3e-4, 4e-4) and cfg.loss_agg_mode == "seq-mean-token-mean"
-    assert cfg.task.name == "jsonl" and cfg.task.reward == "math" and not cfg.model.build_tiny_if_missing
-    assert cfg.sampling.top_p == 1.0 and cfg.sampling.top_k == 0
-    assert cfg.actor.vllm.logprobs_mode == "processed_logprobs"
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("script", ["bench_vllm.py", "check_vllm.py", "smoke_vllm.py"])
-def test_gpu_scripts_dry_run_over_the_test_double(script, tmp_path):
-    """tools/gpu/ scripts run end to end on the CPU double, so they do not rot before a GPU runs them."""
-    out = tmp_path / "result.json"
-    extra = {"check_vllm.py": ["--max-new-tokens", "40"],
-             "smoke_vllm.py": ["--shape", "tiny", "--prompts", "2", "--n", "2", "--max-new-tokens", "12"]}.get(script, [])
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu" / script), "--fake", "--out", str(out), *extra],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    report = json.loads(out.read_text())
-    assert report["fake"] is True
-    if script == "check_vllm.py":
-        assert report["all_ok"], report["checks"]
-    elif script == "smoke_vllm.py":
-        assert report["all_ok"], report["steps"]
-        assert list(report["steps"]) == ["first_weights", "update_keep", "update_abort"]
-        for name, step in report["steps"].items():
-            parity = step if name == "first_weights" else step["parity_fresh"]
-            assert parity["tokens"] > 0 and parity["max_abs"] < 1e-4, (name, step)  # fp32 double: exact
-            assert step["transport"] == "host"  # weight_transport auto, CPU tensors
-        assert report["steps"]["update_abort"]["resubmitted_total"] > 0
-        assert report["steps"]["update_keep"]["split"] > 0
-        from tools.gpu.smoke_vllm import render_markdown
-
-        table = render_markdown(report)
-        assert "Dry run over the CPU test double" in table and "| update_abort | host |" in table
-    else:
-        assert report["generation"]["tokens_per_s"] > 0 and set(report["in_flight_updates"]) == {"keep", "abort"}
-        assert report["bare_vllm"]["tokens_per_s"] > 0 and report["generation"]["vs_bare"] > 0
-
-
-@pytest.mark.slow
-def test_smoke_dry_run_prints_the_steps_and_the_carry(tmp_path):
-    """`tools/gpu/smoke.sh --dry-run`: the steps, every file the GPU calls would carry and their total size."""
-    parts = tmp_path / "parts"
-    parts.mkdir()
-    (parts / "part-00").write_bytes(b"\0" * 3_000_000)
-    (parts / "part-01").write_bytes(b"\0" * 1000)
-    (parts / "SHA256SUMS").write_text("x" * 148)
-    env = {**os.environ, "SRC": str(parts)}
-    proc = subprocess.run(["bash", str(ROOT / "tools" / "gpu" / "smoke.sh"), "--dry-run"], capture_output=True,
-                          text=True, timeout=120, cwd=ROOT, env=env)
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
-    assert "steps:" in out and "smoke_vllm.py" in out and "install.sh" in out
-    assert "part-00" in out and "3000000 bytes" in out and "part-01" in out and "SHA256SUMS" in out
-    assert "total to carry: 3001148 bytes" in out and "in 2 parts" in out
-    assert "2 carry calls" in out and "working tree" in out
-    env["SRC"] = str(tmp_path / "none")
-    proc = subprocess.run(["bash", str(ROOT / "tools" / "gpu" / "smoke.sh"), "--dry-run"], capture_output=True,
-                          text=True, timeout=120, cwd=ROOT, env=env)
-    assert proc.returncode == 0 and "fetch_wheels.sh" in proc.stdout and "Not measured here" in proc.stdout

@@ -1,8 +1,10 @@
 """A SIGKILLed actor costs the fleet at most one failed weight broadcast, never weight_sync.timeout_s.
 
-Three real actor processes train with a real learner whose weight-sync timeout (30 s) and heartbeat timeout (10 s)
-are the defaults; one actor is SIGKILLed mid-run. Its connection closes with the process, so it leaves the
-broadcasts at once: the longest gap between two training steps around the kill stays under 5 s.
+Three real actor processes train with a real learner; one actor is SIGKILLed mid-run. Its connection closes with
+the process, so it leaves the broadcasts at once: the longest gap between two training steps around the kill stays
+under GAP_BOUND_S. The learner's heartbeat timeout (30 s) and weight-sync timeout (60 s) are set far above that
+bound, so a learner that waited for either would fail the test by a wide margin, while a loaded machine's ordinary
+step gaps stay far below it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from tests.integration.conftest import wait_for
 pytestmark = pytest.mark.slow
 
 KILL = ["rollout_batch_size=4", "num_return_sequences_in_group=4", "response_length=6", "learner.eval_every=0",
-        "actor.prompts_per_lease=2", "learner.heartbeat_timeout_s=10", "learner.lease_timeout_s=60",
-        "learner.weight_sync.timeout_s=30", "telemetry.dashboard_port=null", "learner.checkpoint.every=0",
+        "actor.prompts_per_lease=2", "learner.heartbeat_timeout_s=30", "learner.lease_timeout_s=90",
+        "learner.weight_sync.timeout_s=60", "telemetry.dashboard_port=null", "learner.checkpoint.every=0",
         "learner.total_steps=1000000", "off_policy.max_staleness=2", "telemetry.log_every_s=0.5"]
 STEPS_AFTER_KILL = 8
+GAP_BOUND_S = 15.0  # half the heartbeat timeout, a quarter of the weight-sync timeout
 
 
 def step_times(records: list[dict]) -> dict[int, float]:
@@ -54,8 +57,8 @@ def test_sigkill_of_an_actor_does_not_stall_training(cluster_factory):
     first_after = min(s for s in window if times[s] >= kill_time)
     since_kill = times[first_after] - kill_time
     worst = max(max(gaps.values()), since_kill)
-    assert worst < 5.0, (f"longest step gap {worst:.1f}s (first step {since_kill:.1f}s after the kill; gaps {gaps})\n"
-                         + c.dump_logs())
+    assert worst < GAP_BOUND_S, (f"longest step gap {worst:.1f}s (first step {since_kill:.1f}s after the kill; "
+                                 f"gaps {gaps})\n" + c.dump_logs())
     assert "actor a1: connection closed" in c.log("learner"), c.dump_logs()
 
 

@@ -42,6 +42,10 @@ def test_end_to_end_training_advances_and_actors_hold_learner_weights(cluster_fa
     actors = [c.actor("a0"), c.actor("a1")]
     try:
         assert learner.wait(timeout=240) == 0, c.dump_logs()
+        # The final version is broadcast as the learner ends; an actor applies it on its next turn of the loop, which
+        # may come after the learner exited: wait for that instead of stopping the actors at once.
+        # (An actor may also stop by itself once the learner is gone; its log stays, so no process is watched.)
+        wait_for(lambda: any(4 in applied(c.log(a)) for a in ("a0", "a1")), 120, "an actor to apply version 4")
     finally:
         c.stop_all()
     summary = json.loads((c.run_dir / "summary.json").read_text())

@@ -29,11 +29,20 @@ ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = ROOT / "launch"
 
 RECORD = """#!{python}
-import json, os, sys
+import json, os, sys, time
 with open(os.environ["STUB_LOG"], "a") as f:
     f.write(json.dumps({{"prog": os.path.basename(sys.argv[0]), "argv": sys.argv[1:],
                         "env": {{k: v for k, v in os.environ.items() if k.startswith(("GSPO_", "CUDA_", "SLURM"))}}}})
             + "\\n")
+# STUB_ACTORS=N: a learner (or torchrun) runs until N actors have started, as a real one outlives its node's
+# actors' start (learner_node.sh stops them when the learner ends)
+expected = int(os.environ.get("STUB_ACTORS", "0"))
+if expected and (os.path.basename(sys.argv[0]) == "torchrun" or sys.argv[1:2] == ["learner"]):
+    deadline = time.monotonic() + 30
+    while sum('"argv": ["actor"' in line for line in open(os.environ["STUB_LOG"])) < expected:
+        if time.monotonic() > deadline:
+            sys.exit("stub learner: fewer than " + str(expected) + " actors started within 30 s")
+        time.sleep(0.05)
 """
 
 # srun: record the call, then run the command after the options on the named node, with the GPUs a step of
@@ -63,6 +72,14 @@ import os, sys
 print("10.0.0.7" if "-I" in sys.argv else os.environ.get("SLURMD_NODENAME", "node0"))
 """
 
+# ip -o -4 addr show dev IFACE: eth1 has 10.9.8.7/16; any other interface does not exist
+IP = """#!{python}
+import sys
+if sys.argv[-1] != "eth1":
+    sys.exit('Device "' + sys.argv[-1] + '" does not exist.')
+print("3: eth1    inet 10.9.8.7/16 brd 10.9.255.255 scope global eth1")
+"""
+
 
 def _write(path: Path, text: str) -> None:
     path.write_text(text.format(python=sys.executable))
@@ -81,6 +98,7 @@ class Stubs:
         _write(self.bin / "srun", SRUN)
         _write(self.bin / "scontrol", SCONTROL)
         _write(self.bin / "hostname", HOSTNAME)
+        _write(self.bin / "ip", IP)
 
     def run(self, script: str, *args: str, env: Optional[dict] = None, check: bool = True
             ) -> subprocess.CompletedProcess:

@@ -98,7 +98,7 @@ def test_learner_container_runs_a_valid_learner(keys_dir, tmp_path):
     mounts = mounted(spec, container, keys_dir, tmp_path)
     config_map = re.search(r"--from-file=config\.yaml=(\S+)", (K8S / "learner.yaml").read_text()).group(1)
     args, cfg = check_learner(localise(argv_of(container), mounts), config_file=ROOT / config_map)
-    assert args.resume and args.config == "/config/config.yaml"
+    assert args.resume and args.start_if_missing and args.config == "/config/config.yaml"  # a first start runs
     assert {m["mountPath"] for m in container["volumeMounts"] if m["name"] == "config"} == {"/config"}
     ports = {p["containerPort"] for p in container["ports"]}
     service = next(d for d in documents("learner.yaml") if d["kind"] == "Service")
@@ -130,9 +130,61 @@ def test_actor_container_runs_a_valid_actor_that_the_learner_accepts(keys_dir, t
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1  # one GPU per actor
 
 
-@pytest.mark.parametrize("name", ["learner.yaml", "actors.yaml"])
-def test_secret_files_are_private(name):
-    for doc in documents(name):
-        for volume in doc.get("spec", {}).get("template", {}).get("spec", {}).get("volumes", []):
-            if "secret" in volume:
-                assert volume["secret"]["defaultMode"] == 0o400
+@pytest.mark.parametrize("name,kind", [("learner.yaml", "StatefulSet"), ("actors.yaml", "Deployment")])
+def test_secret_files_are_private_and_readable_by_the_non_root_user(name, kind):
+    """Mode 0440 with the pod's fsGroup: the keys belong to the image's user's group, and nobody else reads them
+    (0400 would leave them to root, which the pods do not run as)."""
+    spec = pod_spec(name, kind)
+    security = spec["securityContext"]
+    uid, _ = dockerfile_user()
+    assert security["runAsNonRoot"] and security["runAsUser"] == uid and security["fsGroup"] == security["runAsGroup"]
+    secrets = [v["secret"] for v in spec["volumes"] if "secret" in v]
+    assert secrets and all(s["defaultMode"] == 0o440 for s in secrets)
+
+
+def dockerfile_user() -> tuple[int, int]:
+    """(uid, gid) of the Dockerfile's USER, from its useradd line."""
+    text = (ROOT / "Dockerfile").read_text()
+    uid = int(re.search(r"^USER (\d+)$", text, re.M).group(1))
+    add = re.search(r"useradd --uid (\d+) --gid (\d+)", text)
+    assert add and int(add.group(1)) == uid, "USER must be the user the Dockerfile creates"
+    return uid, int(add.group(2))
+
+
+def test_the_service_is_headless_and_names_the_statefulset():
+    service = next(d for d in documents("learner.yaml") if d["kind"] == "Service")
+    [stateful] = [d for d in documents("learner.yaml") if d["kind"] == "StatefulSet"]
+    assert service["spec"]["clusterIP"] == "None"  # YAML's None is the string the API expects
+    assert stateful["spec"]["serviceName"] == service["metadata"]["name"]
+    labels = stateful["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items(), "the Service must select the learner pod"
+    assert all(p["name"] for p in service["spec"]["ports"])
+
+
+def test_every_claim_the_pods_mount_is_defined():
+    claims = {d["metadata"]["name"]: d for d in documents("volumes.yaml")}
+    assert all(d["kind"] == "PersistentVolumeClaim" and d["spec"]["resources"]["requests"]["storage"]
+               for d in claims.values())
+    for name, kind in (("learner.yaml", "StatefulSet"), ("actors.yaml", "Deployment")):
+        for volume in pod_spec(name, kind)["volumes"]:
+            if "persistentVolumeClaim" in volume:
+                assert volume["persistentVolumeClaim"]["claimName"] in claims, (name, volume)
+
+
+def test_the_image_is_built_by_the_dockerfile_with_pinned_versions():
+    text = (ROOT / "Dockerfile").read_text()
+    tags = set(re.findall(r"docker build -t (\S+)", text))
+    for name, kind in (("learner.yaml", "StatefulSet"), ("actors.yaml", "Deployment")):
+        for container in pod_spec(name, kind)["containers"]:
+            assert container["image"] in tags, f"{name}: {container['image']} is not what the Dockerfile builds"
+            assert not container["image"].endswith(":latest")
+    # both builds, chosen by one build argument, and every version pinned (== or an ARG holding one)
+    assert re.search(r"^ARG VARIANT=cpu$", text, re.M) and re.search(r"^\s+cpu\)", text, re.M) and \
+        re.search(r"^\s+cuda\)", text, re.M)
+    assert re.search(r"^ARG PYTHON_IMAGE=python:\d+\.\d+\.\d+-\S+$", text, re.M)
+    for spec in re.findall(r'"((?:torch|vllm|deepspeed)[^"]*)"', text):
+        assert re.fullmatch(r"[a-z]+==\$\{[A-Z_]+\}", spec), spec
+        assert re.search(rf"^ARG {spec.split('{')[1].rstrip('}')}=\d+(\.\d+)+$", text, re.M), spec
+    for copied in re.findall(r"^COPY (.+) \S+$", text, re.M):
+        for path in copied.split():
+            assert (ROOT / path).exists(), f"the Dockerfile copies {path}, which does not exist"

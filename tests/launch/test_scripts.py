@@ -146,24 +146,71 @@ def slurm_env(keys_dir: Path, nodes: str, gpus: int, **extra: str) -> dict:
 
 
 def test_train_sbatch_places_the_learner_and_one_actor_per_other_gpu(stubs, keys_dir):
-    stubs.run("slurm/train.sbatch", "configs/gpu_qwen2.5-1.5b.yaml", env=slurm_env(keys_dir, "n0,n1", 4))
+    stubs.run("slurm/train.sbatch", "configs/gpu_qwen2.5-1.5b.yaml",
+              env=slurm_env(keys_dir, "n0,n1", 4, STUB_ACTORS="7"))
     learners = [c for c in stubs.calls("gspo-async") if c["argv"][0] == "learner"]
     actors = [c for c in stubs.calls("gspo-async") if c["argv"][0] == "actor"]
     [learner] = learners
     _, cfg = check_learner(learner["argv"])
     assert (cfg.learner.host, cfg.learner.advertise_host, cfg.learner.port) == ("0.0.0.0", "10.0.0.7", 5555)
     assert cfg.run_dir == "runs/slurm-42" and learner["env"]["CUDA_VISIBLE_DEVICES"] == "0"  # one learner GPU
-    # 3 actors on node 0 (4 GPUs - 1 for the learner), 4 on node 1; each its own GPU, all with valid keys
+    # 3 actors on node 0 (GPUs 1-3: GPU 0 is the learner's), 4 on node 1; each its own GPU, all with valid keys
     ids = []
     for call in actors:
         args, actor = check_actor(call["argv"])
         assert args.learner == "10.0.0.7:5555" and actor.client.curve is not None
         ids.append(args.id)
-    assert sorted(ids) == sorted([f"n0-gpu{i}-42" for i in range(3)] + [f"n1-gpu{i}-42" for i in range(4)])
+    assert sorted(ids) == sorted([f"n0-gpu{i}-42" for i in (1, 2, 3)] + [f"n1-gpu{i}-42" for i in range(4)])
     assert all(len(c["env"]["CUDA_VISIBLE_DEVICES"].split(",")) == 1 for c in actors)
     gpu_requests = sorted(re.search(r"--gpus-per-node=(\d+)", " ".join(c["argv"])).group(1)
                           for c in stubs.calls("srun") if "--gpus-per-node" in " ".join(c["argv"]))
-    assert gpu_requests == ["1", "3", "4"]  # learner, the rest of node 0, node 1
+    assert gpu_requests == ["4", "4"]  # one step per node, holding the whole node
+
+
+def gpu_owners(stubs) -> dict[tuple[str, str], list[str]]:
+    """(node, GPU) -> the processes (learner, torchrun, actor ids) that the rendered commands bound to it."""
+    owners: dict[tuple[str, str], list[str]] = {}
+    for call in stubs.calls():
+        if call["prog"] not in ("gspo-async", "torchrun") or "CUDA_VISIBLE_DEVICES" not in call["env"]:
+            continue
+        who = call["prog"] if call["prog"] == "torchrun" else call["argv"][0]
+        for gpu in call["env"]["CUDA_VISIBLE_DEVICES"].split(","):
+            owners.setdefault((call["env"]["SLURMD_NODENAME"], gpu), []).append(who)
+    return owners
+
+
+@pytest.mark.parametrize("learner_gpus", ["1", "2"])
+def test_train_sbatch_never_assigns_a_gpu_twice(stubs, keys_dir, learner_gpus):
+    """A 2-node allocation of 8 GPUs each: every GPU has exactly one process, the learner's on node 0; no step
+    overlaps another (srun --overlap would let two steps share GPUs)."""
+    stubs.run("slurm/train.sbatch", "configs/gpu_qwen2.5-7b.yaml",
+              env=slurm_env(keys_dir, "n0,n1", 8, GSPO_LEARNER_GPUS=learner_gpus,
+                            STUB_ACTORS=str(16 - int(learner_gpus))))
+    owners = gpu_owners(stubs)
+    assert sorted(owners) == sorted((n, str(g)) for n in ("n0", "n1") for g in range(8)), owners
+    assert {k: v for k, v in owners.items() if len(v) != 1} == {}, "a GPU is bound twice"
+    learner = "learner" if learner_gpus == "1" else "torchrun"
+    assert sorted(k for k, v in owners.items() if v == [learner]) == [("n0", str(g)) for g in range(int(learner_gpus))]
+    assert not any("--overlap" in c["argv"] for c in stubs.calls("srun"))
+
+
+def test_train_sbatch_advertises_the_chosen_interface(stubs, keys_dir):
+    stubs.run("slurm/train.sbatch", env=slurm_env(keys_dir, "n0,n1", 2, GSPO_IFACE="eth1"))
+    [learner] = [c for c in stubs.calls("gspo-async") if c["argv"][0] == "learner"]
+    assert check_learner(learner["argv"])[1].learner.advertise_host == "10.9.8.7"
+    assert all(check_actor(c["argv"])[0].learner == "10.9.8.7:5555"
+               for c in stubs.calls("gspo-async") if c["argv"][0] == "actor")
+    stubs.run("slurm/train.sbatch", env=slurm_env(keys_dir, "n0,n1", 2, GSPO_ADVERTISE_HOST="10.3.3.3"))
+    [learner] = [c for c in stubs.calls("gspo-async") if c["argv"][0] == "learner"]
+    assert check_learner(learner["argv"])[1].learner.advertise_host == "10.3.3.3"
+    proc = stubs.run("slurm/train.sbatch", env=slurm_env(keys_dir, "n0,n1", 2, GSPO_IFACE="ib9"), check=False)
+    assert proc.returncode == 1 and "on interface ib9" in proc.stderr and "GSPO_ADVERTISE_HOST" in proc.stderr
+
+
+def test_sbatch_output_needs_no_directory():
+    for script in ("train.sbatch", "add_actors.sbatch"):
+        [output] = re.findall(r"^#SBATCH --output=(\S+)$", (LAUNCH / "slurm" / script).read_text(), re.M)
+        assert "/" not in output, f"{script}: sbatch cannot create the directory of {output}"
 
 
 def test_train_sbatch_insecure_and_multi_gpu_learner(stubs, keys_dir):
@@ -179,6 +226,33 @@ def test_train_sbatch_insecure_and_multi_gpu_learner(stubs, keys_dir):
     for c in actors:
         args, actor = check_actor(c["argv"])
         assert actor.client.curve is None and not any("curve" in o for o in args.overrides)
+
+
+def test_train_sbatch_spreads_the_learner_over_nodes(stubs, keys_dir):
+    """GSPO_LEARNER_NODES=2: one torchrun per learner node (--nnodes 2, its --node_rank), all meeting at the first
+    node's address, so global rank 0 is there; the remaining node runs actors."""
+    stubs.run("slurm/train.sbatch", "configs/gpu_qwen2.5-7b.yaml",
+              env=slurm_env(keys_dir, "n0,n1,n2", 2, GSPO_INSECURE="1", GSPO_LEARNER_GPUS="2",
+                            GSPO_LEARNER_NODES="2", GSPO_MASTER_PORT="29611"))
+    ranks = {}
+    for call in stubs.calls("torchrun"):
+        launch = torchrun.get_args_parser().parse_args(call["argv"])
+        assert (launch.nnodes, launch.nproc_per_node) == ("2", "2") and launch.module
+        assert (launch.master_addr, launch.master_port) == ("10.0.0.7", 29611)
+        _, cfg = check_learner(launch.training_script_args)
+        assert cfg.learner.engine == "deepspeed" and cfg.learner.advertise_host == "10.0.0.7"
+        ranks[launch.node_rank] = call["env"]["SLURMD_NODENAME"]
+    assert ranks == {0: "n0", 1: "n1"}
+    actors = [check_actor(c["argv"])[0].id for c in stubs.calls("gspo-async")]
+    assert sorted(actors) == ["n2-gpu0-42", "n2-gpu1-42"]  # both learner nodes are all learner
+
+
+def test_train_sbatch_refuses_more_learner_nodes_than_the_job_has(stubs, keys_dir):
+    for nodes, words in (("3", "the job has 2 node(s)"), ("two", "must be a positive integer")):
+        proc = stubs.run("slurm/train.sbatch", env=slurm_env(keys_dir, "n0,n1", 2, GSPO_LEARNER_NODES=nodes),
+                         check=False)
+        assert proc.returncode == 2 and words in proc.stderr
+    assert stubs.calls("srun") == []
 
 
 def test_add_actors_sbatch_adds_one_actor_per_gpu_of_every_node(stubs, keys_dir):

@@ -162,6 +162,7 @@ def test_mixed_bf16_moves_fp32_master_weights_at_lr_1e6():
     assert len(backend.optimizer.state) == len(before)
     assert changed_fraction(before, model) > 0.99
     assert backend.state_dict()["optimizer"]["state"][0]["exp_avg"].dtype == torch.float32
+    assert float(backend.state_dict()["optimizer"]["state"][0]["step"]) == 10  # ten optimiser steps, one per mini-batch
 
     # The same 10 steps with bf16 weights and no master copy: most updates are lost (the contrast the test needs).
     pure = tiny_model(0).to(torch.bfloat16)

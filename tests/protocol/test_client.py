@@ -179,6 +179,22 @@ def test_lease_and_late_lease_answers(learner):
     client.close()
 
 
+def test_a_stop_ends_a_lease_wait_that_no_learner_answers(learner):
+    """A stopping actor must not wait out a 60 s lease timeout when the learner went away: `stop` ends the wait."""
+    client, routing, _ = connected(learner)
+    stop = threading.Event()
+    result = {}
+    t = threading.Thread(target=lambda: result.update(leases=client.lease(2, timeout_s=60, stop=stop)))
+    t.start()
+    learner.recv(types=(LeaseRequest,))  # asked, and never answered
+    assert t.is_alive()
+    stop.set()
+    t.join(10)
+    assert not t.is_alive(), "lease() ignored the stop"
+    assert result["leases"] == [] and client.last_lease_reason == "timeout"
+    client.close()
+
+
 def test_push_checks_the_group_locally(learner):
     client, routing, _ = connected(learner)
     bad = canned_group(LEASE, 2, 0, "a0")

@@ -8,6 +8,7 @@ learner process.
 from __future__ import annotations
 
 import random
+import socket
 import time
 from collections import Counter
 from typing import Any, Callable, Iterator
@@ -182,3 +183,30 @@ class HostilePeer:
 
     def close(self) -> None:
         self.raw.close()
+
+
+ZMTP_GREETING = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x01" + b"NULL".ljust(20, b"\x00") + b"\x00" * 32
+_READY = b"\x05READY\x0bSocket-Type" + (6).to_bytes(4, "big") + b"DEALER"
+
+
+def endless_multipart(port: int, max_bytes: int) -> int:
+    """Speak ZMTP 3 (NULL) as a DEALER over a raw TCP connection, then send empty frames with the "more" flag (2
+    bytes each on the wire) until the learner closes the connection or `max_bytes` are sent. Returns the bytes
+    sent. (A libzmq client cannot do this: it keeps an unfinished message to itself.)"""
+    sent, chunk = 0, b"\x01\x00" * 32768
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(ZMTP_GREETING)
+        got = b""
+        while len(got) < len(ZMTP_GREETING):  # the learner's greeting, then the READY command
+            data = s.recv(4096)
+            if not data:
+                return sent
+            got += data
+        s.sendall(bytes([0x04, len(_READY)]) + _READY)
+        try:
+            while sent < max_bytes:
+                s.sendall(chunk)
+                sent += len(chunk)
+        except OSError:  # reset or broken pipe: the learner cut the connection
+            pass
+    return sent

@@ -1,11 +1,12 @@
 """Well-formed hostile messages against a real, training learner process.
 
 Hypothesis draws messages from the message declarations (tests/protocol/strategies.py: valid shapes, adversarial
-values, reused ids). Each drawn message is sent twice, in shuffled order, over several connections (out-of-order
-sequences: groups before registration, goodbyes in the middle), GSPO_FUZZ_MESSAGES in all (10,000 by default,
-100,000 for a soak). After every batch a legitimate actor on its own connection must be served: it leases prompts
-and each of its groups is accepted. At the end the learner process is still the one started (restarts: 0), every
-refusal is counted by code, and its figures go to test-artifacts/reliability.json (docs/reliability.md).
+values, reused ids). Each drawn message is sent REPLAYS times, in shuffled order, over several connections
+(out-of-order sequences: groups before registration, goodbyes in the middle), GSPO_FUZZ_MESSAGES in all (10,000
+by default, 100,000 for a soak). After every batch a legitimate actor on its own connection must be served: it
+leases prompts and each of its groups is accepted. At the end the learner process is still the one started
+(restarts: 0, counted from the run's ledger), every refusal is counted by code, and its figures go to
+test-artifacts/reliability.json (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.slow
 
 MESSAGES = int(os.environ.get("GSPO_FUZZ_MESSAGES", "10000"))
 BATCH = 1000
+REPLAYS = 4  # each drawn message is sent this often (replays; drawing costs most of the test's time)
 CONNECTIONS = 4
 BARRIER_RID = 2**31 - 1  # the strategies draw rids below this only by chance; replies to it are told apart
 RUN = ["rollout_batch_size=4", "num_return_sequences_in_group=4", "response_length=6", "learner.eval_every=0",
@@ -105,9 +107,9 @@ def test_wellformed_fuzz_never_stops_the_learner_and_a_legitimate_actor_is_serve
 
         t0 = time.monotonic()
         seed = rng.randrange(2**31)
-        pool = draw_messages(limits, max(1, MESSAGES // 2), seed)
+        pool = draw_messages(limits, max(1, MESSAGES // REPLAYS), seed)
         draw_s = time.monotonic() - t0
-        schedule = pool + pool
+        schedule = pool * REPLAYS
         rng.shuffle(schedule)
         schedule = schedule[:MESSAGES]
 
@@ -145,13 +147,24 @@ def test_wellformed_fuzz_never_stops_the_learner_and_a_legitimate_actor_is_serve
     assert set(codes) <= set(ERROR_CODES) and len(codes) >= 3, codes  # refusals with documented codes, of kinds
     assert len(replies) >= sent // 4, (len(replies), sent)  # the learner kept answering (goodbyes get no reply)
     assert end.counters["messages_received"] >= sent, end.counters  # every fuzz message reached the learner
+    restarts = learner_restarts(c.run_dir)  # from the run's ledger: one start line per learner process
+    assert restarts == 0, restarts
     record({"fuzz_messages_sent": sent, "fuzz_distinct_drawn": len(pool), "fuzz_batches": batches,
-            "fuzz_replies": len(replies), "fuzz_refused": sum(codes.values()), "fuzz_refused_by_code": dict(sorted(codes.items())),
-            "fuzz_acks": dict(acks), "fuzz_other_replies": len(replies) - sum(codes.values()) - sum(acks.values()),
+            "fuzz_replies": len(replies), "fuzz_refused": sum(codes.values()),
+            "fuzz_refused_by_code": dict(sorted(codes.items())), "fuzz_acks": dict(acks),
+            "fuzz_other_replies": len(replies) - sum(codes.values()) - sum(acks.values()),
             "learner_messages_received": end.counters["messages_received"],
-            "learner_replies_failed": end.counters["replies_failed"], "legit_groups_accepted": served_groups, "learner_restarts": 0, "learner_alive": True,
+            "learner_replies_failed": end.counters["replies_failed"], "legit_groups_accepted": served_groups,
+            "learner_restarts": restarts, "learner_alive": True,
             "hypothesis_seed": seed, "draw_s": round(draw_s, 1), "attack_s": round(attack_s, 1),
             "learner_version_at_end": end.version})
+
+
+def learner_restarts(run_dir) -> int:
+    """Learner processes started in `run_dir` after the first, counted from the run's ledger (ledger.py)."""
+    from gspo_async.learner.ledger import replay
+
+    return replay(run_dir).starts - 1
 
 
 def _status(address: str):

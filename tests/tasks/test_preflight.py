@@ -71,3 +71,17 @@ def test_the_command_exits_0_on_the_quickstart(tiny_model_dir, tmp_path):
                            "model.build_tiny_if_missing=false"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "preflight passed" in done.stdout and "as the model sees it" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_command_exits_1_with_a_broken_reward(tiny_model_dir, tmp_path, broken_module):
+    import os
+
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run([sys.executable, "-m", "gspo_async", "preflight", ROOT_CONFIG, f"model.path={tiny_model_dir}",
+                           "model.build_tiny_if_missing=false", f"task.reward={broken_module}:broken"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "reward function 'broken' (preflight_rewards:broken) failed before training" in out
+    assert "ERROR: reward function" in out and "ZeroDivisionError: division by zero" in out

@@ -100,3 +100,27 @@ def test_chat_prompts_keep_their_system_turn_or_get_the_configured_one():
     assert render_prompt(tok, chat, chat=False) == "own\nq"  # plain: the contents, one per line
     with pytest.raises(ValueError, match="message 0"):
         render_prompt(tok, [{"role": "user"}])
+
+
+@pytest.mark.parametrize("setting, templated", [("false", False), ("auto", True)])
+def test_the_learners_encoder_built_from_the_config_file_honours_chat_template(setting, templated):
+    """`task.chat_template: false` read from YAML reaches the encoder the learner builds (scoring_for_run, which
+    Learner.__init__ calls; its ids go into leases and evaluation) as "never", not as "when there is one"."""
+    from gspo_async.config import load_config
+    from gspo_async.tasks import task_from_config
+    from gspo_async.tasks.reward_checks import scoring_for_run
+
+    tok = templated_tokenizer()
+    cfg = load_config("configs/quickstart.yaml", [f"task.chat_template={setting}", "task.reward_workers=0"])
+    task = task_from_config(cfg.task)
+    runner, encoder, _ = scoring_for_run(cfg.task, task, tok)
+    runner.close()
+    items = task.eval_items()[:3]
+    want = [encode_prompt(tok, it.prompt, chat=templated) for it in items]
+    assert want != [encode_prompt(tok, it.prompt, chat=not templated) for it in items]
+    source = PromptSource(encoder.encode_items(iter(items)))
+    assert [source.next().tokens.tolist() for _ in items] == want
+    engine = RecordingEngine(tok.convert_tokens_to_ids("5"))
+    evaluate(engine, tok, items, lambda p, rs, a, m: [0.0] * len(rs), SamplingSettings(max_new_tokens=1),
+             encode=encoder)
+    assert engine.seen == want

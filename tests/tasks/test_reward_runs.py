@@ -4,7 +4,8 @@
   None), each function logged as reward/<name>/mean with non-zero values;
 - the three-positional-argument function alone, as `task.reward` (the silent-zero case this guards against);
 - a reward raising on every call: `gspo-async local` exits non-zero before step 1, with the message;
-- a reward that starts failing mid-run: the learner stops at the error limit, saves, and accounts for every prompt.
+- a reward that starts failing mid-run: the learner stops at the error limit, saves, and accounts for every prompt;
+- a reward that returns a constant: the learner warns once, naming the likely causes, and trains on.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ REWARDS = textwrap.dedent('''
 
     def always_raises(prompt, response, answer):
         return {"score": float(response == answer)}["scor"]
+
+    def constant(prompt, response, answer):
+        return 0.5
 
     def fails_after_flag(prompt, response, answer):
         if os.path.exists(os.environ["REWARD_FAIL_FLAG"]):
@@ -131,3 +135,14 @@ def test_a_reward_failing_mid_run_stops_the_learner_at_the_limit_and_keeps_every
     assert list_checkpoints(c.run_dir / "checkpoints"), "the final checkpoint was not written"
     errors = [r["reward/errors/exception"] for r in reward_rows(c)]
     assert errors[-1] > 0 and errors[0] == 0
+
+
+def test_a_constant_reward_warns_once_of_zero_learning_signal(cluster):
+    c = cluster(["learner.total_steps=4", "task.reward=user_rewards:constant", "task.constant_reward_steps=2"])
+    learner = c.learner()
+    c.actor("a0")
+    assert learner.wait(timeout=400) == 0, c.dump_logs()
+    log = c.log("learner")
+    assert log.count("identical rewards") == 1, log
+    assert "every group of the first 2 steps had identical rewards (values [0.5])" in log
+    assert "zero learning signal under grpo" in log and "docs/tasks.md" in log

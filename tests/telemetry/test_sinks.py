@@ -39,7 +39,6 @@ def test_tensorboard_sink_writes_scalars_and_histograms(tmp_path):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_wandb_sink_offline(tmp_path):
     pytest.importorskip("wandb", reason="wandb is not installed (pip install wandb); the W&B sink is optional")
-    start = time.perf_counter()
     sink = WandbSink("gspo-async-test", mode="offline", run_dir=tmp_path)
     reg = MetricRegistry("learner", tmp_path, sinks=[sink])
     for step in (1, 2, 3):
@@ -56,7 +55,6 @@ def test_wandb_sink_offline(tmp_path):
         time.sleep(0.1)
     data = runs[0].read_bytes()
     assert b"reward/mean" in data and b"staleness/hist" in data
-    assert time.perf_counter() - start < 60
 
 
 def test_build_sinks_from_config(tmp_path):

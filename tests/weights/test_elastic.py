@@ -42,10 +42,10 @@ def model_weights(seed: int) -> dict[str, torch.Tensor]:
 class Receiver:
     """A receiving actor process; its JSON events are read by a thread into a queue."""
 
-    def __init__(self, port: int, actor_id: str):
+    def __init__(self, port: int, actor_id: str, timeout_s: float = TIMEOUT_S):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
         self.actor_id = actor_id
-        self.proc = subprocess.Popen([sys.executable, str(SCRIPT), "127.0.0.1", str(port), actor_id, str(TIMEOUT_S)],
+        self.proc = subprocess.Popen([sys.executable, str(SCRIPT), "127.0.0.1", str(port), actor_id, str(timeout_s)],
                                      stdout=subprocess.PIPE, text=True, env=env)
         self.events: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -181,6 +181,45 @@ def test_member_killed_while_the_group_forms(publisher, start):
     result = publisher.publish(weights, 3, ["A"], checksum=True)
     assert result.ok, result.error
     assert a.until_received(3)["checksum"] == result.checksum
+
+
+@pytest.mark.slow
+def test_a_member_gone_inside_the_rendezvous_costs_one_round_not_the_timeout():
+    """C says it is ready for a new generation, then dies before joining the process group's rendezvous (the
+    learner learns it from `alive`, as from a closed connection). The learner and the survivor A must both give up
+    on that generation at once, and the next round, without C, must reach A: well under the 30 s timeout."""
+    timeout_s = 30.0
+    publisher = WeightPublisher("127.0.0.1", 0, timeout_s=timeout_s, bucket_bytes=512 * 1024)
+    a = Receiver(publisher.port, "A", timeout_s)
+    living = {"A", "C"}
+    try:
+        assert a.next_event(60) == {"event": "started"}
+        assert publisher.publish(model_weights(1), 1, ["A"]).ok
+        a.until_received(1)
+        impostor = dist.TCPStore("127.0.0.1", publisher.port, None, False, timedelta(seconds=timeout_s))
+
+        def c_ready_then_gone() -> None:
+            impostor.wait(["sync/2"])
+            impostor.set("sync/2/ready/C", "1")
+            impostor.wait(["sync/2/go"])  # the learner and A now enter the rendezvous; C never will
+            living.discard("C")
+
+        watcher = threading.Thread(target=c_ready_then_gone)
+        watcher.start()
+        t0 = time.monotonic()
+        failed = publisher.publish(model_weights(2), 2, ["A", "C"], alive=lambda: set(living))
+        failed_s = time.monotonic() - t0
+        watcher.join(timeout=10)
+        assert not failed.ok and failed.missing == ["C"] and "formed" in failed.error, failed
+        weights = model_weights(3)
+        result = publisher.publish(weights, 3, ["A"], checksum=True, alive=lambda: set(living))
+        total_s = time.monotonic() - t0
+        assert result.ok, result.error
+        assert a.until_received(3)["checksum"] == result.checksum
+        assert failed_s < timeout_s / 3 and total_s < timeout_s / 3, (failed_s, total_s)
+    finally:
+        publisher.close()  # the abandoned rendezvous ends with the store
+        a.kill()
 
 
 @pytest.mark.slow

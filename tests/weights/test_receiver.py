@@ -25,7 +25,8 @@ def publisher():
 
 def test_thread_receives_newest_version_and_applies_it(publisher):
     learner, actor = tiny_model(0), tiny_model(1)
-    receiver = WeightReceiverThread(WeightSubscriber("127.0.0.1", publisher.port, "A", timeout_s=3.0)).start()
+    # A subscriber timeout far above the bound below: a stop that waited for the next round would take 30 s.
+    receiver = WeightReceiverThread(WeightSubscriber("127.0.0.1", publisher.port, "A", timeout_s=30.0)).start()
     try:
         for version in (1, 2):
             with torch.no_grad():
@@ -43,7 +44,7 @@ def test_thread_receives_newest_version_and_applies_it(publisher):
     finally:
         t0 = time.monotonic()
         receiver.stop()
-        assert time.monotonic() - t0 < 3.0  # stop does not wait for a round that never comes
+        assert time.monotonic() - t0 < 15.0  # stop does not wait for a round that never comes (30 s)
     assert not receiver.is_alive() and receiver.error is None
 
 

@@ -175,14 +175,32 @@ def summarise(name: str, run_dir: Path, t0: float, t1: float, actors: int, kills
             "max_wait_s": max(recs[s]["learner/wait_s"] for s in inside)}
 
 
+GOAL_BUSY_POINTS = 5.0  # the kills run's learner busy % within this many points of the run without kills
+GOAL_GAP_S = 2.0  # and its longest gap between two steps below this (s, on loopback)
+
+
+def goal_verdict(rows: list[dict[str, Any]]) -> str:
+    """One line: whether the kills run meets the goal against the run without kills, with the figures."""
+    by = {r["run"]: r for r in rows}
+    calm, kills = by["no kills"], by["kills"]
+    busy_drop = calm["busy_pct"] - kills["busy_pct"]
+    ok_busy, ok_gap = busy_drop <= GOAL_BUSY_POINTS, kills["longest_gap_s"] < GOAL_GAP_S
+    return (f"Goal (busy within {GOAL_BUSY_POINTS:g} points of the run without kills, longest step gap under "
+            f"{GOAL_GAP_S:g} s): busy {busy_drop:+.1f} points lower ({'met' if ok_busy else 'NOT met'}), longest "
+            f"gap {kills['longest_gap_s']:.2f} s ({'met' if ok_gap else 'NOT met'}); steps/s "
+            f"{kills['steps_per_s']:.2f} vs {calm['steps_per_s']:.2f}.")
+
+
 def render_markdown(result: dict[str, Any], doc_dir: Path) -> str:
     """The churn section of docs/benchmarks.md."""
     s = result["settings"]
+    load = result["machine"].get("load_average") or [float("nan")]
     return (f"{s['actors']} simulated actors, each its own process, against a real learner (quickstart model, "
             f"default `weight_sync.timeout_s` and `heartbeat_timeout_s`); in the `kills` run one actor process is "
             f"SIGKILLed every {s['kill_every_s']:g} s and replaced at once, for {s['window_s']:g} s after a warm-up "
             f"of {s['warmup_steps']} steps (`tools/bench/churn.py`). SIMULATED GENERATION; the machine was shared "
-            "and loaded while it ran.\n\n" + markdown_table(result["rows"], COLUMNS))
+            f"with other work while it ran (1-min load average {load[0]:.1f} on {result['machine'].get('cpus')} "
+            "cores at the start).\n\n" + markdown_table(result["rows"], COLUMNS) + "\n\n" + goal_verdict(result["rows"]))
 
 
 def main() -> int:
@@ -217,6 +235,7 @@ def main() -> int:
     result["wall_s"] = time.time() - started
     print()
     print(text_table(result["rows"], COLUMNS))
+    print(goal_verdict(result["rows"]))
     path = write_result(args.out, result)
     print(f"\nwrote {path} ({result['wall_s']:.0f}s in all)")
     return 0

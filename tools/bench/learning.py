@@ -49,7 +49,12 @@ RATIOS = {
     "gspo": ["importance_sampling=seq", "pg_clip_low=0.0003", "pg_clip_high=0.0004"],
     "token": ["importance_sampling=token", "pg_clip_low=0.2", "pg_clip_high=0.27"],
 }
-RATIO_LABELS = {"gspo": "GSPO (sequence ratio, clip 3e-4/4e-4)", "token": "token ratio (GRPO, clip 0.2/0.27)"}
+# GSPO with dynamic sampling (filter_groups): the row "time to target with and without filtering", e.g.
+#   --ratios gspo,gspo_filter --staleness 2 --seeds 0,1 --target 0.629 --out tools/bench/results/learning_filter.json
+#   --img-dir runs/bench/learning_filter_img     (its own JSON and plots: the default grid's stay as they are)
+RATIOS["gspo_filter"] = [*RATIOS["gspo"], "filter_groups.enabled=true"]
+RATIO_LABELS = {"gspo": "GSPO (sequence ratio, clip 3e-4/4e-4)", "token": "token ratio (GRPO, clip 0.2/0.27)",
+                "gspo_filter": "GSPO + filter_groups (zero-variance groups dropped)"}
 
 
 # ----------------------------------------------------------------------------------------------- one run
@@ -176,8 +181,10 @@ def plot(result: dict[str, Any], img_dir: Path = IMG) -> list[str]:
     paths = []
     for axis, xlabel, name in (("time_s", "seconds since training began", "learning_time.png"),
                                ("step", "optimiser step", "learning_steps.png")):
-        fig, axes = plt.subplots(1, len(RATIOS), figsize=(11, 4.2), sharey=True)
-        for ax, ratio in zip(axes, RATIOS):
+        shown = [ratio for ratio in RATIOS if any(r["ratio"] == ratio for r in runs)]
+        fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4.2), sharey=True, squeeze=False)
+        axes = axes[0]
+        for ax, ratio in zip(axes, shown):
             for colour, k in zip(colours, levels):
                 cell = [r for r in runs if r["ratio"] == ratio and r["max_staleness"] == k]
                 for r in cell:  # each seed thin, the mean over seeds thick
@@ -304,7 +311,7 @@ def findings(rows: list[dict]) -> list[str]:
                    f"{secs(hi)} ({hi['steps_per_s']:.1f} vs {lo['steps_per_s']:.1f} steps/s).")
     for ratio in RATIOS:
         lo, hi = by.get((ratio, levels[0])), by.get((ratio, levels[-1]))
-        if lo is None or hi is None or lo is hi or lo["final_acc_se"] is None or hi["final_acc_se"] is None:
+        if lo is None or hi is None or lo is hi or lo.get("final_acc_se") is None or hi.get("final_acc_se") is None:
             continue
         drop, se = lo["final_acc"] - hi["final_acc"], math.hypot(lo["final_acc_se"], hi["final_acc_se"])
         out.append(f"- {ratio}: from max staleness {levels[0]} to {levels[-1]} the mean final accuracy "

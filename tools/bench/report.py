@@ -190,10 +190,11 @@ def _shown_args(argv: list[str]) -> str:
 
 def render_benchmarks(results_dir: Path = RESULTS, doc_dir: Path = DOC.parent, quick: bool = False) -> str:
     """The whole benchmarks document from the JSON results in `results_dir` (links relative to `doc_dir`)."""
-    from tools.bench import churn, learning, microbatch, pipeline  # they import this module
+    from tools.bench import churn, fleet_eval, learning, microbatch, pipeline, precision  # they import this module
     from tools.gpu.smoke_vllm import render_markdown as render_vllm_smoke
     found = {name: load_result(name, results_dir) for name in ("pipeline", "learning", "transport", "weights",
-                                                               "logprobs", "vllm_smoke", "microbatch", "churn")}
+                                                               "logprobs", "vllm_smoke", "microbatch", "churn",
+                                                               "precision", "learning_filter", "fleet_eval")}
     # the other benchmarks' own "machine" may be a string (platform.machine()): only dicts describe one
     machines = [r["machine"] for r in found.values() if r and isinstance(r.get("machine"), dict)]
     when = sorted(m["time"] for m in machines)
@@ -210,10 +211,14 @@ def render_benchmarks(results_dir: Path = RESULTS, doc_dir: Path = DOC.parent, q
     sections = [("pipeline", "Pipeline: synchronous vs asynchronous", pipeline.render_markdown),
                 ("learning", "Learning: time to accuracy, GSPO vs token-level ratios under staleness",
                  learning.render_markdown),
+                ("learning_filter", "Learning: filtering zero-variance groups (dynamic sampling)",
+                 lambda r, d: learning.render_markdown({**r, "plots": []}, d)),  # its plots stay under runs/
+                ("fleet_eval", "Evaluation on the fleet: the learner's busy fraction", fleet_eval.render_markdown),
                 ("transport", "Transport", _section_transport), ("weights", "Weight sync", _section_weights),
                 ("logprobs", "Chunked log-probabilities", _section_logprobs),
                 ("microbatch", "Learner micro-batches: padding vs a token budget", microbatch.render_markdown),
                 ("churn", "Actor churn: killed actors against the learner's pace", churn.render_markdown),
+                ("precision", "Learner precision: fp32 vs bf16 autocast vs pure bf16", precision.render_markdown),
                 ("vllm_smoke", "vLLM actor smoke test (GPU)", lambda r, _: render_vllm_smoke(r))]
     missing = {"vllm_smoke": "(not run yet: no GPU has been lent. `bash tools/gpu/smoke.sh` on a GPU machine "
                              "writes `vllm_smoke.json`; copy it to tools/bench/results/)"}

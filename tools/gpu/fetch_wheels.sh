@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Download vLLM and the wheels it needs that the GPU image lacks (CPython 3.12, x86_64), then cut them into parts
 # small enough to carry to the GPU machine (the device tool carries at most 64 MiB per call).
-# Run it where PyPI is reachable (this CPU machine will do). About 4 GB are downloaded; roughly 1.5 GB remain
-# after dropping torch and its CUDA libraries, which the image has (image_packages.txt lists the image).
+# Run it where PyPI is reachable (this CPU machine will do). torch and its CUDA libraries, which the image has
+# (image_packages.txt lists the image), are dropped; tools/gpu/measure_carry.py measures what remains.
 #   VLLM_VERSION=0.24.0 bash tools/gpu/fetch_wheels.sh        -> .whl/vllm/part-00, part-01, ... (+ SHA256SUMS)
 set -euo pipefail
 cd "$(dirname "$0")/../.."

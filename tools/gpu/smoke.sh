@@ -42,8 +42,27 @@ if [[ "${1:-}" == "--dry-run" ]]; then
   parts=("$SRC"/part-*)
   if (( ${#parts[@]} == 0 )); then
     echo "files to carry: none fetched under $SRC (run: VLLM_VERSION=$VLLM_VERSION bash tools/gpu/fetch_wheels.sh)."
-    echo "  Not measured here. From the research notes: the vLLM $VLLM_VERSION wheel alone is 266 MiB; with the"
-    echo "  dependencies the GPU image lacks, about 1.5 GB; every part takes one call of at most $CALL_MIB MiB."
+    # The sizes measured by tools/gpu/measure_carry.py (pip download --no-deps of each wheel the image lacks).
+    MEASURED=${MEASURED:-tools/bench/results/vllm_carry.json}
+    python3 - "$MEASURED" "$VLLM_VERSION" "$CALL_MIB" "$tree_bytes" <<'PY'
+import json, pathlib, sys
+path, version, call_mib, tree = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+r = json.loads(path.read_text()) if path.is_file() else None
+if r is None or r["vllm_version"] != version:
+    print(f"  Not measured for vLLM {version}: run python tools/gpu/measure_carry.py --version {version} (needs PyPI)")
+    raise SystemExit(0)
+mib = lambda b: f"{b / 2**20:.1f} MiB"
+print(f"  measured {r['measured_at']} ({path}): vLLM {version}'s wheel {mib(r['vllm_wheel_bytes'])}; "
+      f"{r['carried_packages']} wheels the image lacks, {r['carried_bytes']} bytes ({mib(r['carried_bytes'])})")
+for name, w in list(r["carried"].items())[:6]:
+    print(f"    {w['wheel']:<60} {mib(w['bytes'])}")
+room = call_mib * 2**20 - tree
+print(f"  device calls: at least {-(-r['carried_bytes'] // room)} carry calls of {mib(room)} each next to the "
+      f"working tree, then this script; vLLM requires torch {r['vllm_requires_torch']}")
+if r["conflicts"]:
+    print(f"  unresolved by the per-package download: {'; '.join(f'{k}: {v}' for k, v in r['conflicts'].items())}")
+print(f"  not measured: {r['not_measured']}")
+PY
     exit 0
   fi
   total=0

@@ -1,4 +1,4 @@
-"""Learner engines: how the model is held, stepped and gathered for broadcast.
+"""Learner backends (config key `learner.engine`): how the model is held, stepped and gathered for broadcast.
 
 `torch` (plain PyTorch on one device) is the default and all a CPU needs; `deepspeed` spans several ranks with
 ZeRO. Both expose the same small interface (:class:`gspo_async.learner.backends.base.LearnerBackend`).

@@ -1,4 +1,4 @@
-"""DeepSpeed learner engine: data-parallel ranks with ZeRO stage 1, 2 or 3 (``learner.deepspeed.zero_stage``).
+"""DeepSpeed learner backend: data-parallel ranks with ZeRO stage 1, 2 or 3 (``learner.deepspeed.zero_stage``).
 
 The optimiser and schedule are the torch engine's (client ``torch.optim.AdamW`` + ``LambdaLR``), so one rank with
 this engine takes the same steps as :class:`~gspo_async.learner.backends.torch_backend.TorchBackend`.

@@ -1,4 +1,4 @@
-"""Plain PyTorch learner engine: one device, AdamW on fp32 master weights, autocast, warm-up + schedule, clipping."""
+"""Plain PyTorch learner backend: one device, AdamW on fp32 master weights, autocast, warm-up + schedule, clipping."""
 
 from __future__ import annotations
 

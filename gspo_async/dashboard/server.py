@@ -2,7 +2,7 @@
 
 Routes:
   /                       the page (static/index.html); its script and style come from static/, never a CDN
-  /static/<file>          dashboard.js, dashboard.css
+  /static/<file>          charts.js, actor_table.js, dashboard.js, dashboard.css
   /api/metrics?since=N    records of <run_dir>/metrics.jsonl from byte offset N on:
                           {"records": [...], "offset": next N, "size": file bytes, "reset": bool, "more": bool,
                            "now": server unix time}

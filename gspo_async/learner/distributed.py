@@ -159,3 +159,11 @@ def follower_loop(trainer, stop=None) -> int:
             engine.save(payload)
         else:
             return steps
+
+
+def close_learner_distributed() -> None:
+    """Destroy this rank's process group, if any, before the interpreter exits: a gloo or NCCL group left to
+    interpreter teardown can abort the process ("terminate called without an active exception", SIGABRT) after a
+    run that succeeded. Local to this rank (no collective)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

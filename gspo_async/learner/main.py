@@ -498,14 +498,22 @@ def run_learner(cfg: Config, resume: bool = False) -> int:
     setup_process(cfg.learner.threads)
     setup_logging("learner")
     world = check_world(cfg)
-    if cfg.learner.engine == "deepspeed":
-        rank, world = distributed.init_learner_distributed(cfg)
+    if cfg.learner.engine != "deepspeed":
+        log.info("[learner] engine torch on %d rank, device %s", world, cfg.learner.device)
+        return _run_learner(cfg, resume)
+    rank, world = distributed.init_learner_distributed(cfg)
+    try:
         if rank > 0:
             return run_follower(cfg)
         log.info("[learner] engine deepspeed (ZeRO stage %d) on %d rank(s), device %s",
                  cfg.learner.deepspeed.zero_stage, world, cfg.learner.device)
-    else:
-        log.info("[learner] engine torch on %d rank, device %s", world, cfg.learner.device)
+        return _run_learner(cfg, resume)
+    finally:
+        distributed.close_learner_distributed()
+
+
+def _run_learner(cfg: Config, resume: bool) -> int:
+    """Rank 0 (or the only rank): the learner itself."""
     try:
         learner = Learner(cfg, resume=resume)
     except RewardCheckError as err:  # a broken reward: stop before step 1, with what to fix

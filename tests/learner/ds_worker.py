@@ -159,6 +159,10 @@ def main() -> None:
                  eval_check=a.eval_check)
     if result is not None:
         torch.save(result, a.out)
+    if a.engine == "deepspeed":
+        from gspo_async.learner.distributed import close_learner_distributed
+
+        close_learner_distributed()
 
 
 if __name__ == "__main__":

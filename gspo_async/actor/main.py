@@ -214,7 +214,12 @@ class Actor:
               + (f"waiting for the acks of {pending} group(s)" if pending else "nothing unacknowledged")
               + (f" (the learner has been silent for {silent_s:.0f} s)" if gone else ""), flush=True)
         if pending:
-            self.client.wait_acked(timeout_s=STOP_ACK_WAIT_S if gone else 30)
+            # A live learner acks within a heartbeat or two; one that stops answering while we wait (it was
+            # stopped too) is given up on LEARNER_SILENT_S after its last word, not after the 30 s bound.
+            deadline = time.monotonic() + (STOP_ACK_WAIT_S if gone else 30)
+            while not self.client.wait_acked(timeout_s=min(0.25, max(0.0, deadline - time.monotonic()))):
+                if time.monotonic() >= deadline or self.client.learner_silent_s > LEARNER_SILENT_S:
+                    break
         left = self.client.unacked()
         if left:
             print(f"[actor {self.actor_id}] stopped with {left} unacknowledged group(s) kept until exit and not "

@@ -377,8 +377,8 @@ class RewardRunner:
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:
-            pass
+        except Exception as err:  # garbage collection cannot raise; say why the pool did not close cleanly
+            log.debug("reward runner: closing its worker pool at garbage collection failed: %r", err)
 
 
 __all__ = ["BUILTIN_REWARDS", "GroupScore", "RewardRunner", "RewardSpec", "as_number", "exact_match",

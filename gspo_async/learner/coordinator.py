@@ -8,6 +8,8 @@ Every issued prompt (an id from the PromptSource) is in exactly one state until 
     leased --(group accepted)--> buffered --(take, fresh enough)--> training --(mark_trained)--> trained
       |  ^                          |                                   |
       |  | re-issue (front of queue)  +--(take, too stale)--> dropped    +--(mark_dropped)--> dropped
+      |  |                          ^                                   |
+      |  |                          +------(put_back: the learner stopped before training the batch)
       v  |
     queued  <--(lease expired, holder dead or gone, lease returned; restore: buffered/training -> queued)
 
@@ -32,17 +34,15 @@ ledger (learner/ledger.py): an audit trail, independent of the counters, of whic
 
 from __future__ import annotations
 
-import math
-
 import time
 from collections import Counter, OrderedDict, deque
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
 
 from gspo_async.learner.group_filter import constant_reward, reward_key
 from gspo_async.learner.prompts import Prompt, PromptSource
+from gspo_async.learner.records import ActorRecord, OpenPrompt, finite_number, group_record
 from gspo_async.protocol.ids import check_actor_id, suffixed
 from gspo_async.protocol.messages import ProtocolError, RolloutGroup
 from gspo_async.telemetry.names import length_bin  # bin b holds [2^(b-1), 2^b - 1] tokens
@@ -50,51 +50,6 @@ from gspo_async.telemetry.names import length_bin  # bin b holds [2^(b-1), 2^b -
 LEASED, QUEUED, BUFFERED, TRAINING = "leased", "queued", "buffered", "training"
 STATE_FORMAT = 1
 RECENT_GROUP_IDS = 65536  # ids of ended groups remembered to tell a reused id from a resend (~10 MB at most)
-
-
-@dataclass
-class _Open:
-    """An issued prompt that has not ended yet."""
-
-    prompt: Prompt
-    state: str
-    holder: str = ""  # actor id holding the lease (state leased)
-    expires_at: float = 0.0  # clock time the lease expires
-    since: float = 0.0  # clock time it entered its current state (lease granted / group buffered)
-    attempts: int = 0  # leases granted for this prompt so far
-    group: Optional[RolloutGroup] = None  # the accepted group (states buffered, training)
-    taken_at: int = -1  # weight version when take() handed the group out for training
-
-
-@dataclass
-class _Actor:
-    actor_id: str
-    instance: str
-    engine: str
-    info: dict[str, Any]
-    registered_at: float
-    last_contact: float
-    version: int = 0
-    stats: dict[str, Any] = field(default_factory=dict)
-    unacked: int = 0
-    groups_accepted: int = 0
-    tokens_accepted: int = 0
-    registrations: int = 1
-    delivered_version: int = -1  # oldest weight version of the newest group accepted from it (-1: none yet)
-    delivered_lag: int = 0  # the learner's version minus delivered_version when that group arrived
-
-
-def _number(value: Any) -> float:
-    """An actor-reported statistic as a finite float (0 for anything else: stats are the actor's free text)."""
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return 0.0
-    return out if math.isfinite(out) else 0.0
-
-
-def _group_record(group: RolloutGroup) -> dict[str, Any]:
-    return {"group_id": group.group_id, "actor_id": group.actor_id, "min_version": int(group.min_version)}
 
 
 class Coordinator:
@@ -140,7 +95,7 @@ class Coordinator:
         self.version = 0
         self._allowed_version = 0
 
-        self._open: dict[int, _Open] = {}
+        self._open: dict[int, OpenPrompt] = {}
         self._queue: deque[int] = deque()  # queued prompt ids; the front is leased first
         self._leased: dict[int, None] = {}  # leased prompt ids (an ordered set)
         self._buffer: deque[int] = deque()  # buffered prompt ids in arrival order
@@ -149,7 +104,7 @@ class Coordinator:
         # the same for the latest RECENT_GROUP_IDS ended prompts: a reused id is told from a resend after the end
         self._ended_group_ids: OrderedDict[str, int] = OrderedDict()
         self._dropped: dict[int, str] = {}  # ended prompt id -> drop reason (absent: trained)
-        self._actors: dict[str, _Actor] = {}
+        self._actors: dict[str, ActorRecord] = {}
         self.n: Counter[str] = Counter()  # cumulative event counts (see counters())
         self.rejected: Counter[str] = Counter()  # rejected messages by error code
         self.groups_rejected: Counter[str] = Counter()
@@ -205,7 +160,7 @@ class Coordinator:
             while suffixed(actor_id, k) in self._actors:
                 k += 1
             actor_id = suffixed(actor_id, k)
-        self._actors[actor_id] = _Actor(actor_id, instance, engine, dict(info or {}), now, now)
+        self._actors[actor_id] = ActorRecord(actor_id, instance, engine, dict(info or {}), now, now)
         self.n["actors_registered"] += 1
         return actor_id
 
@@ -264,7 +219,7 @@ class Coordinator:
                 if prompt is None:
                     break
                 self.n["prompts_issued"] += 1
-                entry = self._open[prompt.prompt_id] = _Open(prompt, QUEUED)
+                entry = self._open[prompt.prompt_id] = OpenPrompt(prompt, QUEUED)
                 if self.max_prompt_tokens is not None and len(prompt.tokens) > self.max_prompt_tokens:
                     self._end(prompt.prompt_id, "prompt_too_long")
                     continue
@@ -406,6 +361,21 @@ class Coordinator:
             out.append(group)
         return out
 
+    def put_back(self, groups: list[RolloutGroup]) -> None:
+        """Taken groups that were not trained on (the learner stopped while gathering a batch) go back to the front
+        of the buffer in their order, and take()'s counts of them are undone: a stop mid-batch leaves them buffered,
+        as the final state and summary then say, never half-way in training."""
+        for group in reversed(groups):
+            pid = self._taken(group)
+            entry = self._open[pid]
+            del self._training[pid]
+            self._buffer.appendleft(pid)
+            self.staleness[entry.taken_at - group.min_version] -= 1
+            entry.state, entry.taken_at = BUFFERED, -1
+            for length in group.response_lengths:
+                self.lengths["kept"][length_bin(length)] -= 1
+        self.staleness, self.lengths["kept"] = +self.staleness, +self.lengths["kept"]  # drop zero counts
+
     def mark_trained(self, groups: list[RolloutGroup]) -> None:
         """These taken groups were trained on: their prompts end as trained."""
         for group in groups:
@@ -416,7 +386,7 @@ class Coordinator:
             self.n["prompts_trained"] += 1
             self.n["groups_trained"] += 1
             self.n["tokens_trained"] += group.num_tokens
-            self.journal.append({"prompt_id": pid, "outcome": "trained", **_group_record(group),
+            self.journal.append({"prompt_id": pid, "outcome": "trained", **group_record(group),
                                  "trained_at": entry.taken_at})
 
     def mark_dropped(self, groups: list[RolloutGroup], reason: str) -> None:
@@ -447,7 +417,7 @@ class Coordinator:
         self._dropped[pid] = reason
         self.dropped_prompts[reason] += 1
         self.journal.append({"prompt_id": pid, "outcome": "dropped", "reason": reason,
-                             **(_group_record(entry.group) if entry.group is not None else {})})
+                             **(group_record(entry.group) if entry.group is not None else {})})
 
     def _forget_group_id(self, group_id: str) -> None:
         """The group's prompt ended: keep its id among the recent ones only."""
@@ -487,7 +457,7 @@ class Coordinator:
         now = self.clock()
         held = Counter(self._open[pid].holder for pid in self._leased)
         return [{"actor_id": a.actor_id, "engine": a.engine, "version": a.version,
-                 "tokens_per_s": _number(a.stats.get("tokens_per_s")), "leases": held[a.actor_id],
+                 "tokens_per_s": finite_number(a.stats.get("tokens_per_s")), "leases": held[a.actor_id],
                  "last_contact_s": now - a.last_contact, "registered_s": now - a.registered_at,
                  "groups_accepted": a.groups_accepted, "tokens_accepted": a.tokens_accepted, "unacked": a.unacked,
                  "delivered_version": a.delivered_version, "delivered_lag": a.delivered_lag,
@@ -578,7 +548,7 @@ class Coordinator:
         now = self.clock()
         requeue = []
         for d in state["open"]:
-            entry = _Open(Prompt.from_dict(d), QUEUED, attempts=int(d["attempts"]))
+            entry = OpenPrompt(Prompt.from_dict(d), QUEUED, attempts=int(d["attempts"]))
             pid = entry.prompt.prompt_id
             self._open[pid] = entry
             if d["state"] == LEASED:

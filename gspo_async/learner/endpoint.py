@@ -26,7 +26,6 @@ from collections import Counter
 from typing import Any, Optional
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from gspo_async.learner.coordinator import Coordinator
 from gspo_async.learner.evaluation import FleetEvaluation
@@ -38,7 +37,7 @@ from gspo_async.protocol.gate import MAX_FRAMES, FrameGate, source_fd
 from gspo_async.protocol.messages import (
     STATUS_PAGE_MAX, TO_LEARNER, Ack, ActorStatus, ErrorReply, Goodbye, Heartbeat, HeartbeatAck, Lease, LeaseRequest,
     Limits, PromptLease, ProtocolError, Register, RolloutGroup, StatusReply, StatusRequest, WeightVersion, Welcome)
-from gspo_async.protocol.sockets import HANDSHAKE_EVENTS, Waker, endpoint, peer_address
+from gspo_async.protocol.sockets import HANDSHAKE_EVENTS, Waker, endpoint, monitor_events, peer_address
 from gspo_async.protocol.validate import check_group
 
 log = logging.getLogger("gspo_async.learner.endpoint")
@@ -231,6 +230,11 @@ class LearnerServer:
             self.coordinator.mark_trained(groups)
         self._poke()
 
+    def put_back(self, groups: list[RolloutGroup]) -> None:
+        """Taken groups the learner stopped before training: buffered again, first in line."""
+        with self._lock:
+            self.coordinator.put_back(groups)
+
     def mark_dropped(self, groups: list[RolloutGroup], reason: str) -> None:
         """Taken groups the learner decided not to train on (e.g. a filter); counted under `reason`."""
         with self._lock:
@@ -384,14 +388,10 @@ class LearnerServer:
             self._fds.pop(routing, None)
 
     def _on_monitor(self) -> None:
-        while True:
-            try:
-                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            if event["event"] == zmq.EVENT_DISCONNECTED:
-                self._on_disconnected(int(event["value"]))
-            elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        for kind, value in monitor_events(self._monitor):
+            if kind == zmq.EVENT_DISCONNECTED:
+                self._on_disconnected(int(value))
+            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.transport["handshakes_ok"] += 1
             else:
                 self.transport["handshakes_failed"] += 1

@@ -355,6 +355,7 @@ class Learner:
                     self.registry.log(self.step)
                     last_log = time.time()
             if self.stop.is_set():
+                self.server.put_back(batch)  # untrained: buffered in the final state, re-issued on resume
                 break
             wait_s = time.time() - wait_start
             t0 = time.time()

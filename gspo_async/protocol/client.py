@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from gspo_async.protocol.auth import CurveClientKeys, apply_client_keys
 from gspo_async.protocol.codec import DEFAULT_FRAME_THRESHOLD, decode_from_learner, encode, normalize_group
 from gspo_async.protocol.messages import (
     TRANSIENT_CODES, Ack, ErrorReply, Goodbye, Heartbeat, HeartbeatAck, Lease, LeaseRequest, PromptLease,
     ProtocolError, Register, RolloutGroup, WeightVersion, Welcome)
-from gspo_async.protocol.sockets import HANDSHAKE_EVENTS, Waker, endpoint, parse_address
+from gspo_async.protocol.sockets import HANDSHAKE_EVENTS, Waker, endpoint, monitor_events, parse_address
 from gspo_async.protocol.ids import MAX_ACTOR_ID_CHARS, id_problem, is_id
 from gspo_async.protocol.validate import check_group
 
@@ -562,12 +561,7 @@ class ActorClient:
         log.warning("error from the learner: %s: %s", err.code, err.message)
 
     def _on_monitor(self) -> None:
-        while True:
-            try:
-                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            kind = event["event"]
+        for kind, _ in monitor_events(self._monitor):
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 continue
             reason = {

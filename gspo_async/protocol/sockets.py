@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import itertools
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 _inproc_ids = itertools.count()
 
 # Handshake outcomes reported by a socket monitor.
 HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
                     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+
+
+def monitor_events(monitor: zmq.Socket) -> Iterator[tuple[int, Any]]:
+    """The (event, value) pairs a socket monitor holds now, without blocking."""
+    while True:
+        try:
+            event = recv_monitor_message(monitor, zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        yield event["event"], event["value"]
 
 
 def parse_address(address: str) -> tuple[str, int]:

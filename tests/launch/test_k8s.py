@@ -1,4 +1,4 @@
-"""The Kubernetes manifests: valid multi-document YAML whose containers run command lines the real CLI, config and
+"""The Kubernetes manifests: valid against the Kubernetes API schemas (kubernetes-validate, strict), multi-document YAML whose containers run command lines the real CLI, config and
 actor accept, with key files where `gspo-async keys` puts them and where the secret volumes mount them."""
 
 from __future__ import annotations
@@ -188,3 +188,28 @@ def test_the_image_is_built_by_the_dockerfile_with_pinned_versions():
     for copied in re.findall(r"^COPY (.+) \S+$", text, re.M):
         for path in copied.split():
             assert (ROOT / path).exists(), f"the Dockerfile copies {path}, which does not exist"
+
+
+KUBERNETES_VERSIONS = ("1.30", "1.37")  # the oldest release still widely run and the newest the validator knows
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in K8S.glob("*.yaml")))
+def test_manifests_are_valid_against_the_kubernetes_schemas(name):
+    """Every resource against the API's OpenAPI schemas, strict: an unknown or misspelt field fails too."""
+    import kubernetes_validate as kv
+
+    for doc in documents(name):
+        for version in KUBERNETES_VERSIONS:
+            kv.validate(doc, version, strict=True)
+
+
+def test_the_schema_check_catches_a_misspelt_field_and_a_wrong_type():
+    import kubernetes_validate as kv
+
+    doc = next(d for d in documents("learner.yaml") if d["kind"] == "StatefulSet")
+    misspelt = {**doc, "spec": {**doc["spec"], "replica": 1}}
+    with pytest.raises(kv.ValidationError, match="replica"):
+        kv.validate(misspelt, KUBERNETES_VERSIONS[-1], strict=True)
+    wrong_type = {**doc, "spec": {**doc["spec"], "replicas": "one"}}
+    with pytest.raises(kv.ValidationError):
+        kv.validate(wrong_type, KUBERNETES_VERSIONS[-1], strict=True)

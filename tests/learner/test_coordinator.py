@@ -264,6 +264,25 @@ def test_mark_dropped_and_misuse_of_mark_trained():
         c.set_version(-1)
 
 
+def test_put_back_returns_taken_groups_to_the_front_of_the_buffer_and_undoes_their_counts():
+    c, _ = make(groups_per_step=4, max_staleness=1)
+    leased, _ = c.lease("a0", 4)
+    groups = [group_for(p, lengths=(3, 9)) for p in leased]
+    for g in groups:
+        assert c.offer("a0", g) == "accepted"
+    before = c.counters()
+    taken = c.take(3)
+    assert c.accounting()["training"] == 3 and c.counters()["staleness_hist"] == {0: 3}
+    c.put_back(taken)
+    acc, after = c.accounting(), c.counters()
+    assert acc["balanced"] and acc["training"] == 0 and acc["buffered"] == 4, acc
+    for key in ("staleness_hist", "length_hist_kept", "groups_trained", "groups_dropped"):
+        assert after[key] == before[key], key
+    assert c.take(4) == groups  # the put-back groups first, in their order, then the one never taken
+    with pytest.raises(ValueError, match="not handed out"):
+        c.put_back([group_for(leased[0])])  # not the object take() handed out
+
+
 def test_register_gives_a_second_process_a_new_id():
     c, _ = make()
     assert c.register("a0", "i0", "fake") == "a0"  # reconnect of the same process
@@ -322,6 +341,9 @@ def test_random_operations_keep_the_balance():
             c.mark_trained(taken)
             taken = []
             c.set_version(c.version + 1)
+        elif op < 0.79 and taken:
+            c.put_back(taken)
+            taken = []
         elif op < 0.8:
             c.goodbye(actor)
         elif op < 0.9:

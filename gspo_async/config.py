@@ -181,6 +181,9 @@ class WeightSyncConfig(_Section):
                              "acknowledged) is left out of broadcasts for a while, so one broken receiver cannot "
                              "stall the fleet's weights: timeout_s after a first failure, doubling up to exclude_s "
                              "(0 = never leave anyone out).")
+    background: bool = Field(True, description="Broadcast on a thread of its own so that no training step waits "
+                             "for one; costs one copy of the weights (broadcast dtype, learner device). false: "
+                             "every step waits for its broadcast, as in a synchronous trainer.")
 
     def resolve_backend(self, device: str) -> str:
         """The torch.distributed backend for a process whose tensors live on `device` (auto: NCCL on CUDA)."""

@@ -2,12 +2,13 @@
 
 Threads: the :class:`LearnerServer` owns the ZeroMQ socket and the coordinator in a background thread; this
 module's loop is the training thread. It waits for ``rollout_batch_size`` kept groups, trains on them, bumps the
-version, broadcasts the weights to every live actor, and tells the coordinator (which re-opens admission).
-While it waits for data it re-broadcasts the current weights whenever the membership changed, so an actor that
-joins receives the full current weights before it generates.
+version, hands the weights to the broadcaster (:mod:`~gspo_async.learner.broadcast`: a thread of its own, so no
+step waits for a broadcast) and tells the coordinator (which re-opens admission). The broadcaster re-sends the
+current weights whenever the membership changes, so an actor that joins receives the full current weights before
+it generates.
 
 This module only composes the parts: the trainer (:mod:`~gspo_async.learner.build`, the same on every rank), the
-endpoint and coordinator, the weight-sync membership (:mod:`~gspo_async.learner.weight_sync`) and the fleet
+endpoint and coordinator, the weight broadcasts (:mod:`~gspo_async.learner.broadcast`) and the fleet
 metrics (:mod:`~gspo_async.learner.fleet`).
 """
 
@@ -27,6 +28,7 @@ from gspo_async.dashboard.server import serve_dashboard
 from gspo_async.engines.hf import HFEngine
 from gspo_async.learner import distributed
 from gspo_async.bootstrap import ensure_model
+from gspo_async.learner.broadcast import WeightBroadcaster
 from gspo_async.learner.build import build_trainer, model_files, restore_trainer
 from gspo_async.learner.checkpoint import Checkpoint, load_latest, save_checkpoint, set_rng_state
 from gspo_async.learner.coordinator import Coordinator
@@ -126,17 +128,17 @@ class Learner:
             raise StartupError(f"cannot bind the weight store to {host}:{cfg.weight_store_port} ({reason}); is "
                                "another learner running? pick another learner.weight_store_port (default "
                                "learner.port + 1)") from None
-        self.membership = WeightSyncMembership(sync.timeout_s, sync.exclude_s)
         try:
             self.server = self._start_server(host)
         except OSError as err:  # the endpoint's own one-line message: port in use, address not ours
             self.publisher.close()
             raise StartupError(str(err)) from None
+        self.weights = WeightBroadcaster(self.publisher, WeightSyncMembership(sync.timeout_s, sync.exclude_s),
+                                         self.server.reachable_actor_ids, self.registry, background=sync.background)
         self.fleet = FleetMetrics(self.server, self.registry, group_size=cfg.num_return_sequences_in_group)
         self.loop = LoopMetrics()  # busy and wait time, rates over one wall window
         self.registry.update(initial_values(time.time()))
         self.fleet_metrics()  # the start of the rate window
-        self.last_sync: dict[str, float] = {}
         self.dashboard = None
         self.stop = StopFlag()
 
@@ -168,40 +170,20 @@ class Learner:
         return server
 
     # ----- the pieces of the loop -----
-    def weight_members(self) -> list[str]:
-        """Live, connected actors that take part in broadcasts now (see :class:`WeightSyncMembership`)."""
-        return self.membership.members(self.server.reachable_actor_ids(), self.publisher.present)
-
-    def sync_weights(self, reason: str, retry: bool = True) -> None:
-        """Broadcast the current weights to the live actors (a failure is logged; the next call rebuilds). Actors
-        that made the round fail are held out (back-off) and actors that died leave at once; the others get this
-        version at once by a second round without them."""
-        members = self.weight_members()
+    def weight_snapshot(self, copy: bool) -> list[tuple[str, torch.Tensor]]:
+        """The weights to broadcast, (name, tensor) in the broadcast dtype; with `copy` none aliases a parameter
+        (a background broadcast must not see the next optimiser step). On the training thread only: under ZeRO-3
+        the other ranks join the gathers."""
         if self.distributed:  # every rank takes part in gathering (ZeRO-3) the weights
             distributed.announce_weights()
-        result = self.publisher.publish(list(self.engine.broadcast_tensors()), self.version, members,
-                                        alive=self.server.reachable_actor_ids)
-        self.last_sync = {"weights/sync_s": result.seconds, "weights/bytes": float(result.nbytes),
-                          "weights/transfer_s": max(result.seconds - result.group_seconds, 0.0)}
-        if result.ok:
-            self.membership.succeeded(members)
-            self.registry.inc("weights/syncs")
-            self.registry.inc("weights/bytes_sent", float(result.nbytes * len(members)))
-        else:
-            self.registry.inc("weights/failures")
-            reachable = set(self.server.reachable_actor_ids())
-            gone = [m for m in members if m not in reachable]  # died meanwhile (a reset broadcast, a closed socket)
-            held = self.membership.failed([m for m in members if m in reachable], result.missing)
-            log.warning("[learner] weight sync v%d (%s) to %s failed: %s%s%s", self.version, reason, members,
-                        result.error, f"; {gone} left the fleet" if gone else "",
-                        f"; leaving {held} out of broadcasts for a while (backing off up to "
-                        f"{self.membership.exclude_s:g}s)" if held else "")
-            if (held or gone) and retry and self.weight_members():
-                self.sync_weights(f"{reason}, without {sorted(held + gone)}", retry=False)
-        self.registry.set("weights/excluded", float(len(self.membership.excluded)))
+        tensors = [(n, t.detach().clone() if copy else t) for n, t in self.engine.broadcast_tensors()]
+        if copy and str(self.cfg.learner.device).startswith("cuda"):
+            torch.cuda.current_stream().synchronize()  # the broadcast thread's stream must see finished copies
+        return tensors
 
-    def membership_changed(self) -> bool:
-        return self.membership.changed(self.weight_members())
+    def offer_weights(self) -> None:
+        """Hand the current version to the broadcaster (background: only if it is idle; it never waits)."""
+        self.weights.offer(self.version, self.weight_snapshot)
 
     def _fleet_evaluation(self) -> FleetEvaluation:
         """The eval sets as evaluation prompts for the actors (prompts longer than prompt_length left out)."""
@@ -345,8 +327,7 @@ class Learner:
             batch: list = []
             wait_start = time.time()
             while len(batch) < cfg.rollout_batch_size and not self.stop.is_set():
-                if self.membership_changed():
-                    self.sync_weights("membership")
+                self.offer_weights()  # a version not yet out (background: once the broadcaster is idle)
                 batch += self.server.take_groups(cfg.rollout_batch_size - len(batch), timeout_s=0.2)
                 if time.time() - last_log > cfg.telemetry.log_every_s:  # keep the dashboard live while waiting
                     if fleet_eval:
@@ -370,7 +351,7 @@ class Learner:
             self.version += 1
             # Actors that apply the new weights may push groups of version v+1 before set_version below.
             self.server.allow_version(self.version)
-            self.sync_weights("new version")
+            self.offer_weights()
             self.server.set_version(self.version)
             self.server.mark_trained(batch)
             self.record_ended(self.server.drain_journal())
@@ -380,7 +361,8 @@ class Learner:
             metrics.update({
                 "train/step": float(self.step), "train/version": float(self.version), "train/step_s": train_s,
                 "staleness/mean": sum(lags) / len(lags), "staleness/max": float(max(lags)),
-                "learner/wait_s": wait_s, **self.last_sync, **self.fleet_metrics()})
+                "learner/wait_s": wait_s, **self.weights.last_sync(),
+                "weights/version_lag": float(self.version - max(self.weights.sent_version, 0)), **self.fleet_metrics()})
             due = self.evaluating and (self.step % cfg.learner.eval_every == 0 or self.step == total)
             if fleet_eval:  # the actors serve it between their training batches; results come steps later
                 metrics.update(self.fleet_evaluations(start=due))
@@ -405,6 +387,10 @@ class Learner:
                 break
             if cfg.learner.checkpoint.every and self.step % cfg.learner.checkpoint.every == 0:
                 self.checkpoint()
+        if not self.stop.is_set() and not self.weights.wait_sent(self.version, self.weight_snapshot,
+                                                                 2 * cfg.learner.weight_sync.timeout_s):
+            log.warning("[learner] the final weights (version %d) did not reach the actors; the newest they got "
+                        "is version %d", self.version, self.weights.sent_version)
         if fleet_eval:
             self.finish_fleet_evaluations()
         self.server.close_intake()  # what is acknowledged as accepted from here on would miss the final state
@@ -458,7 +444,7 @@ class Learner:
                      accuracy, self.ckpt_root, self.run_dir / "metrics.jsonl")
 
     def close(self) -> None:
-        for part in (self.server, self.publisher, self.registry, self.dashboard, self.reward, self.ledger):
+        for part in (getattr(self, "weights", None), self.server, self.publisher, self.registry, self.dashboard, self.reward, self.ledger):
             if part is not None and hasattr(part, "close"):
                 try:
                     part.close()

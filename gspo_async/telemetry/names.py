@@ -196,6 +196,8 @@ _METRICS: list[Metric] = [
     _m("weights/transfer_s", GAUGE, "time of the last broadcast spent moving bytes", "s"),
     _m("weights/bytes", GAUGE, "bytes sent in the last weight broadcast", "bytes"),
     _m("weights/version_skew_max", GAUGE, "largest actor version lag (see actor/<id>/version_lag)", "versions"),
+    _m("weights/version_lag", GAUGE, "learner version minus the newest version broadcast, after a step (growing: "
+       "broadcasts lag training)", "versions"),
     _m("weights/syncs", COUNTER, "weight broadcasts done", "syncs"),
     _m("weights/bytes_sent", COUNTER, "bytes sent in all weight broadcasts", "bytes"),
     _m("weights/failures", COUNTER, "broadcasts that timed out or lost a receiver (an increase marks a failure)",

@@ -3,8 +3,7 @@
 Three real actor processes train with a real learner; one actor is SIGKILLed mid-run. Its connection closes with
 the process, so it leaves the broadcasts at once: the longest gap between two training steps around the kill stays
 under GAP_BOUND_S. The learner's heartbeat timeout (30 s) and weight-sync timeout (60 s) are set far above that
-bound, so a learner that waited for either would fail the test by a wide margin, while a loaded machine's ordinary
-step gaps stay far below it.
+bound, so a learner that waited for either would fail the test by a wide margin; the test prints the gap it saw.
 """
 
 from __future__ import annotations
@@ -23,7 +22,9 @@ KILL = ["rollout_batch_size=4", "num_return_sequences_in_group=4", "response_len
         "learner.weight_sync.timeout_s=60", "telemetry.dashboard_port=null", "learner.checkpoint.every=0",
         "learner.total_steps=1000000", "off_policy.max_staleness=2", "telemetry.log_every_s=0.5"]
 STEPS_AFTER_KILL = 8
-GAP_BOUND_S = 15.0  # half the heartbeat timeout, a quarter of the weight-sync timeout
+# The issue's bound. A step here takes well under a second, broadcasts run beside training, and a death leaves the
+# broadcasts at once; waiting for the heartbeat (30 s) or the weight-sync timeout (60 s) would exceed it six-fold.
+GAP_BOUND_S = 5.0
 
 
 def step_times(records: list[dict]) -> dict[int, float]:
@@ -57,6 +58,7 @@ def test_sigkill_of_an_actor_does_not_stall_training(cluster_factory):
     first_after = min(s for s in window if times[s] >= kill_time)
     since_kill = times[first_after] - kill_time
     worst = max(max(gaps.values()), since_kill)
+    print(f"longest step gap {worst:.2f}s around the kill (first step {since_kill:.2f}s after it)")
     assert worst < GAP_BOUND_S, (f"longest step gap {worst:.1f}s (first step {since_kill:.1f}s after the kill; "
                                  f"gaps {gaps})\n" + c.dump_logs())
     assert "actor a1: connection closed" in c.log("learner"), c.dump_logs()

@@ -160,8 +160,13 @@ def main() -> None:
     if result is not None:
         torch.save(result, a.out)
     if a.engine == "deepspeed":
+        import torch.distributed as dist
+
         from gspo_async.learner.distributed import close_learner_distributed
 
+        # Both ranks are done with every collective before either destroys its group: a rank that tears its gloo
+        # pairs down while the other still finishes a save can abort that one at exit (seen under load).
+        dist.barrier()
         close_learner_distributed()
 
 

@@ -7,13 +7,15 @@ the same window after a warm-up:
 
   no kills   the fleet as started;
   kills      every ``--kill-every`` seconds one actor process (chosen at random among those that have connected)
-             is SIGKILLed and a fresh one started at once under a new id, as a supervisor would.
+             is SIGKILLed and a fresh one started at once under a new id, as a supervisor would;
+  kills, inline broadcasts
+             the same, with every step waiting for its own weight broadcast (learner.weight_sync.background=false).
 
 From the learner's metrics.jsonl over the window: the learner's busy fraction (1 - time waiting for data / time
 between the first and last step of the window), the longest gap between two consecutive steps, steps per second,
 and the failed weight-sync rounds. SIMULATED GENERATION: actors sleep by a cost model instead of generating.
 
-    PYTHONPATH=. python tools/bench/churn.py                 # 2 x 2 minutes + start-up, about 7 minutes
+    PYTHONPATH=. python tools/bench/churn.py                 # 3 x 2 minutes + start-up, about 10 minutes
     PYTHONPATH=. python tools/bench/churn.py --window 30     # a quick pass
 """
 
@@ -51,7 +53,12 @@ OVERRIDES = ["learner.eval_every=0", "learner.checkpoint.every=0", "learner.tota
 COLUMNS: list[Column] = [("run", "run", None), ("actors", "actors", "d"), ("kills", "kills", "d"),
                          ("steps", "steps", "d"), ("steps_per_s", "steps/s", ".2f"),
                          ("busy_pct", "learner busy %", ".1f"), ("longest_gap_s", "longest step gap s", ".2f"),
-                         ("median_gap_s", "median step gap s", ".2f"), ("sync_failures", "failed syncs", "d")]
+                         ("median_gap_s", "median step gap s", ".2f"), ("sync_failures", "failed syncs", "d"),
+                         ("staleness_mean", "mean staleness", ".2f")]
+# The runs of one invocation: (name, kill?, config overrides). "inline" is the same churn with every step waiting
+# for its own broadcast (learner.weight_sync.background=false), the behaviour before broadcasts ran beside training.
+RUNS = [("no kills", False, ()), ("kills", True, ()),
+        ("kills, inline broadcasts", True, ("learner.weight_sync.background=false",))]
 
 
 def _env() -> dict[str, str]:
@@ -86,7 +93,7 @@ def _stop(procs: list[subprocess.Popen], grace_s: float) -> None:
 
 
 def run_once(name: str, *, actors: int, kill_every_s: float, window_s: float, warmup_steps: int,
-             rng: random.Random) -> dict[str, Any]:
+             rng: random.Random, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """One learner and `actors` single-actor processes; kills during the window when `kill_every_s` > 0."""
     from gspo_async.config import load_config
     from gspo_async.local import free_port
@@ -96,7 +103,7 @@ def run_once(name: str, *, actors: int, kill_every_s: float, window_s: float, wa
         shutil.rmtree(run_dir)
     (run_dir / "logs").mkdir(parents=True)
     port, store_port = free_port(), free_port()
-    cfg = load_config(BASE_CONFIG, OVERRIDES + [f"run_dir={run_dir}", f"model.path={MODEL_DIR}",
+    cfg = load_config(BASE_CONFIG, OVERRIDES + list(overrides) + [f"run_dir={run_dir}", f"model.path={MODEL_DIR}",
                                                 f"learner.port={port}", f"learner.weight_store_port={store_port}"])
     config_path = run_dir / "bench-config.yaml"
     config_path.write_text(cfg.to_yaml())
@@ -172,6 +179,7 @@ def summarise(name: str, run_dir: Path, t0: float, t1: float, actors: int, kills
             "steps_per_s": len(inside) / (t1 - t0), "busy_pct": 100.0 * (1.0 - waits / span),
             "longest_gap_s": max(gaps), "median_gap_s": gaps_sorted[len(gaps) // 2],
             "sync_failures": int(fail(recs[chain[-1]]) - fail(recs[chain[0]])),
+            "staleness_mean": sum(recs[s].get("staleness/mean", 0.0) for s in inside) / len(inside),
             "max_wait_s": max(recs[s]["learner/wait_s"] for s in inside)}
 
 
@@ -198,9 +206,11 @@ def render_markdown(result: dict[str, Any], doc_dir: Path) -> str:
     return (f"{s['actors']} simulated actors, each its own process, against a real learner (quickstart model, "
             f"default `weight_sync.timeout_s` and `heartbeat_timeout_s`); in the `kills` run one actor process is "
             f"SIGKILLed every {s['kill_every_s']:g} s and replaced at once, for {s['window_s']:g} s after a warm-up "
-            f"of {s['warmup_steps']} steps (`tools/bench/churn.py`). SIMULATED GENERATION; the machine was shared "
-            f"with other work while it ran (1-min load average {load[0]:.1f} on {result['machine'].get('cpus')} "
-            "cores at the start).\n\n" + markdown_table(result["rows"], COLUMNS) + "\n\n" + goal_verdict(result["rows"]))
+            f"of {s['warmup_steps']} steps (`tools/bench/churn.py`). Broadcasts run on a thread of their own "
+            "(`learner.weight_sync.background`, the default); `kills, inline broadcasts` is the same churn with each "
+            "step waiting for its broadcast (`background: false`). Mean staleness: versions between a group's "
+            f"weights and the learner's at training. SIMULATED GENERATION; 1-min load average {load[0]:.1f} on "
+            f"{result['machine'].get('cpus')} cores at the start.\n\n" + markdown_table(result["rows"], COLUMNS) + "\n\n" + goal_verdict(result["rows"]))
 
 
 def main() -> int:
@@ -210,6 +220,7 @@ def main() -> int:
     ap.add_argument("--window", type=float, default=120.0, help="measured seconds per run")
     ap.add_argument("--warmup", type=int, default=5, help="steps before the window opens")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-inline", action="store_true", help="skip the run with inline (step-blocking) broadcasts")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args()
     if args.actors < 2 or args.kill_every <= 0 or args.window <= args.kill_every:
@@ -226,10 +237,11 @@ def main() -> int:
                                            "window_s": args.window, "warmup_steps": args.warmup,
                                            "simulated": SIMULATED, "overrides": OVERRIDES}, "rows": []}
     rng = random.Random(args.seed)
-    for name, every in (("no kills", 0.0), ("kills", args.kill_every)):
+    for name, kill, overrides in RUNS if not args.no_inline else RUNS[:2]:
         print(f"{name}: {args.actors} actors, {args.window:g} s window ...", flush=True)
-        row = run_once(name.replace(" ", "-"), actors=args.actors, kill_every_s=every, window_s=args.window,
-                       warmup_steps=args.warmup, rng=rng)
+        row = run_once(name.replace(" ", "-").replace(",", ""), actors=args.actors,
+                       kill_every_s=args.kill_every if kill else 0.0, window_s=args.window,
+                       warmup_steps=args.warmup, rng=rng, overrides=overrides)
         row["run"] = name
         result["rows"].append(row)
     result["wall_s"] = time.time() - started

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Optional
 
 import torch
@@ -97,6 +97,7 @@ class WeightBroadcaster:
         with self._cond:
             if version <= self._offered or self._busy or self._job is not None or self._closing:
                 return False
+            self._held = None  # the idle thread's old copy goes before the new one is made: one copy at a time
         tensors = snapshot(True)
         with self._cond:
             self._offered = version
@@ -113,7 +114,7 @@ class WeightBroadcaster:
             with self._cond:
                 if self._sent >= version:
                     return True
-                if not self.background and not self._busy:  # inline: the round above was the only try
+                if not self.background:  # inline: the round above was the only try
                     return False
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -175,10 +176,9 @@ class WeightBroadcaster:
     def _membership_changed(self) -> bool:
         return self.membership.changed(self._members())
 
-    def _round(self, version: int, tensors: Iterable[tuple[str, torch.Tensor]], reason: str,
+    def _round(self, version: int, tensors: list[tuple[str, torch.Tensor]], reason: str,
                retry: bool = True) -> None:
         """One round to the current members; on failure, one retry at once without the dead and the held-out."""
-        tensors = list(tensors)
         members = self._members()
         result = self.publisher.publish(tensors, version, members, alive=self.reachable)
         with self._cond:

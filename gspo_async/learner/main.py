@@ -361,8 +361,8 @@ class Learner:
             metrics.update({
                 "train/step": float(self.step), "train/version": float(self.version), "train/step_s": train_s,
                 "staleness/mean": sum(lags) / len(lags), "staleness/max": float(max(lags)),
-                "learner/wait_s": wait_s, **self.weights.last_sync(),
-                "weights/version_lag": float(self.version - max(self.weights.sent_version, 0)), **self.fleet_metrics()})
+                "learner/wait_s": wait_s, **self.weights.last_sync(), **self.fleet_metrics(),
+                "weights/version_lag": float(self.version - max(self.weights.sent_version, 0))})
             due = self.evaluating and (self.step % cfg.learner.eval_every == 0 or self.step == total)
             if fleet_eval:  # the actors serve it between their training batches; results come steps later
                 metrics.update(self.fleet_evaluations(start=due))
@@ -444,7 +444,8 @@ class Learner:
                      accuracy, self.ckpt_root, self.run_dir / "metrics.jsonl")
 
     def close(self) -> None:
-        for part in (getattr(self, "weights", None), self.server, self.publisher, self.registry, self.dashboard, self.reward, self.ledger):
+        for part in (getattr(self, "weights", None), self.server, self.publisher, self.registry, self.dashboard,
+                     self.reward, self.ledger):
             if part is not None and hasattr(part, "close"):
                 try:
                     part.close()

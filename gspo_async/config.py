@@ -184,6 +184,11 @@ class WeightSyncConfig(_Section):
     background: bool = Field(True, description="Broadcast on a thread of its own so that no training step waits "
                              "for one; costs one copy of the weights (broadcast dtype, learner device). false: "
                              "every step waits for its broadcast, as in a synchronous trainer.")
+    max_version_lag: int = Field(1, ge=1, description="With background broadcasts, no training step starts while "
+                                 "the learner's version is more than this many versions ahead of the newest one the "
+                                 "fleet received: the step waits for the broadcast (weights/wait_s). Unbounded, a "
+                                 "learner faster than its broadcasts leaves the actors generating with weights that "
+                                 "are stale on arrival, and most of their groups are dropped as stale.")
 
     def resolve_backend(self, device: str) -> str:
         """The torch.distributed backend for a process whose tensors live on `device` (auto: NCCL on CUDA)."""

@@ -16,7 +16,10 @@ Rules that follow from it:
     it without disturbing training. Memory: one copy of the weights in the broadcast dtype on the learner device.
   * When rounds take longer than steps, actors get every other version (or fewer); the versions they miss are
     visible as staleness (``staleness/*``) and as ``weights/version_lag`` (learner version minus the version the
-    last successful round carried, after each step).
+    last successful round carried, after each step). The learner bounds that lag: its next step waits while it
+    exceeds ``weight_sync.max_version_lag`` (``weights/wait_s``), and admission counts from the fleet's version
+    (``on_sent`` -> Coordinator.set_fleet_version), so the actors are not handed prompts whose groups would be
+    stale on arrival.
   * ``background: false`` runs the same rounds inline on the training thread (the step waits for them), as in a
     synchronous trainer; the snapshot is then a view, not a copy.
 
@@ -54,10 +57,13 @@ class WeightBroadcaster:
         reachable: the actor ids alive and connected now (thread-safe; polled during rounds).
         registry: where ``weights/*`` counters go (thread-safe).
         background: run rounds on a thread of their own (True) or inline in :meth:`offer` (False).
+        on_sent: called with the version of each successful round (on the thread that ran it).
     """
 
     def __init__(self, publisher: WeightPublisher, membership: WeightSyncMembership,
-                 reachable: Callable[[], list[str]], registry: MetricRegistry, background: bool = True):
+                 reachable: Callable[[], list[str]], registry: MetricRegistry, background: bool = True,
+                 on_sent: Callable[[int], None] = lambda version: None):
+        self.on_sent = on_sent
         self.publisher = publisher
         self.membership = membership
         self.reachable = reachable
@@ -187,6 +193,7 @@ class WeightBroadcaster:
             if result.ok:
                 self._sent = max(self._sent, version)
         if result.ok:
+            self.on_sent(version)
             self.membership.succeeded(members)
             self.registry.inc("weights/syncs")
             self.registry.inc("weights/bytes_sent", float(result.nbytes * len(members)))

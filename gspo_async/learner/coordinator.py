@@ -21,7 +21,10 @@ max_lease_attempts leases without a group.
 Admission control (AReaL's bound): a lease is granted only while
     accepted + in_flight <= (max_staleness + version + 1) * groups_per_step,
 accepted = buffered + training + trained (dropped groups do not count, so replacements can be leased),
-in_flight = leased prompts. max_staleness = 0 makes the run synchronous.
+in_flight = leased prompts. max_staleness = 0 makes the run synchronous. `version` there is the newest version
+the fleet has received (set_fleet_version) when the learner broadcasts in the background and has stepped past it:
+the actors generate with those weights, so a bound on the learner's own version would admit groups that are
+already stale when the learner gets to them.
 
 Dynamic sampling (filter_groups): zero-variance groups are dropped on arrival, freeing their slot (group_filter.py).
 
@@ -94,6 +97,7 @@ class Coordinator:
         self.clock = clock
         self.version = 0
         self._allowed_version = 0
+        self.fleet_version: Optional[int] = None  # newest version broadcast to the fleet (None: as `version`)
 
         self._open: dict[int, OpenPrompt] = {}
         self._queue: deque[int] = deque()  # queued prompt ids; the front is leased first
@@ -128,7 +132,7 @@ class Coordinator:
 
     def capacity(self) -> int:
         """Leases admission allows right now (>= 0)."""
-        bound = (self.max_staleness + self.version + 1) * self.groups_per_step
+        bound = (self.max_staleness + self.admission_version + 1) * self.groups_per_step
         return max(0, bound - self.accepted - self.in_flight)
 
     def actor_cap(self) -> int:
@@ -441,6 +445,15 @@ class Coordinator:
             raise ValueError(f"weight version {version} is below the current {self.version}; versions only grow")
         self.version = int(version)
         self._allowed_version = max(self._allowed_version, self.version)
+
+    def set_fleet_version(self, version: int) -> None:
+        """A broadcast of weights `version` reached the fleet (never decreasing)."""
+        self.fleet_version = max(int(version), -1 if self.fleet_version is None else self.fleet_version)
+
+    @property
+    def admission_version(self) -> int:
+        """The version admission counts from: the learner's, or the fleet's newest when that is older."""
+        return self.version if self.fleet_version is None else min(self.version, self.fleet_version)
 
     def allow_version(self, version: int) -> None:
         """Groups may name weights up to `version` (about to be published) before set_version is called."""

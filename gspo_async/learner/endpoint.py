@@ -206,8 +206,12 @@ class LearnerServer:
         """Weights `version` are about to leave the learner: from now on accept groups whose spans name it.
         Call it before broadcasting the weights and `set_version` after, so that an actor fast enough to use the
         new weights before `set_version` is not taken for a forger."""
-        with self._lock:
-            self.coordinator.allow_version(version)
+        self._locked(self.coordinator.allow_version, version)
+
+    def set_fleet_version(self, version: int) -> None:
+        """A broadcast of weights `version` succeeded: admission may count from it (Coordinator.capacity)."""
+        self._locked(self.coordinator.set_fleet_version, version)
+        self._poke()
 
     def set_version(self, version: int) -> None:
         """Weights `version` are published: widen admission (by groups_per_step per version), make it the
@@ -232,8 +236,7 @@ class LearnerServer:
 
     def put_back(self, groups: list[RolloutGroup]) -> None:
         """Taken groups the learner stopped before training: buffered again, first in line."""
-        with self._lock:
-            self.coordinator.put_back(groups)
+        self._locked(self.coordinator.put_back, groups)
 
     def mark_dropped(self, groups: list[RolloutGroup], reason: str) -> None:
         """Taken groups the learner decided not to train on (e.g. a filter); counted under `reason`."""
@@ -242,8 +245,7 @@ class LearnerServer:
         self._poke()
 
     def live_actor_ids(self) -> list[str]:
-        with self._lock:
-            return self.coordinator.live_actor_ids()
+        return self._locked(self.coordinator.live_actor_ids)
 
     def reachable_actor_ids(self) -> list[str]:
         """Live actors whose connection has not closed since their last message: those worth listing in a weight
@@ -252,8 +254,7 @@ class LearnerServer:
             return [a for a in self.coordinator.live_actor_ids() if a not in self._cut]
 
     def actors(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return self.coordinator.actors()
+        return self._locked(self.coordinator.actors)
 
     def counters(self) -> dict[str, Any]:
         """The coordinator's counters plus message-level ones (messages_received, messages_ok, replies_failed,
@@ -265,12 +266,10 @@ class LearnerServer:
 
     def ages(self) -> dict[str, float]:
         """Mean and max age of in-flight leases and buffered groups, seconds (telemetry names)."""
-        with self._lock:
-            return self.coordinator.ages()
+        return self._locked(self.coordinator.ages)
 
     def accounting(self) -> dict[str, Any]:
-        with self._lock:
-            return self.coordinator.accounting()
+        return self._locked(self.coordinator.accounting)
 
     def status(self, rid: int = 0, offset: int = 0, limit: int = STATUS_PAGE_MAX) -> StatusReply:
         """The fleet as a StatusReply: live actors [offset, offset + limit) (at most STATUS_PAGE_MAX), version,
@@ -288,28 +287,28 @@ class LearnerServer:
         return StatusReply(self.session, version, rows, accounting, flat, rid=rid, total_actors=total, offset=offset)
 
     def state_dict(self) -> dict[str, Any]:
-        with self._lock:
-            return self.coordinator.state_dict()
+        return self._locked(self.coordinator.state_dict)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        with self._lock:
-            self.coordinator.load_state_dict(state)
+        self._locked(self.coordinator.load_state_dict, state)
 
     def close_intake(self) -> None:
         """Grant no more leases and accept no more groups (Coordinator.close_intake): call before the final save."""
-        with self._lock:
-            self.coordinator.close_intake()
+        self._locked(self.coordinator.close_intake)
 
     def drain_journal(self) -> list[dict[str, Any]]:
         """Prompts that ended since the last drain (Coordinator.drain_journal)."""
-        with self._lock:
-            return self.coordinator.drain_journal()
+        return self._locked(self.coordinator.drain_journal)
 
     def snapshot(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The coordinator's state and the journal drained at the same instant: a checkpoint's state and the ledger
         lines that bring the ledger up to exactly that state."""
         with self._lock:
             return self.coordinator.state_dict(), self.coordinator.drain_journal()
+
+    def _locked(self, fn: Any, *args: Any) -> Any:
+        with self._lock:
+            return fn(*args)
 
     def _poke(self) -> None:
         if self._thread is not None:

@@ -4,13 +4,14 @@ Per-actor rows go to the registry directly (an actor that left has its row remov
 returned for the learner's per-step record. Per-actor rows are bounded: at most MAX_ACTOR_ROWS actors (the first
 to register) have rows, so a thousand registered ids cannot grow every record of metrics.jsonl without bound; the
 fleet-wide numbers still count every actor. A failure on one actor's row costs that row (counted in
-`actor_row_errors`, logged), never the learner's loop.
+`actor_row_errors`, logged), never the learner's loop. StaleDropWatch warns when most groups are dropped as stale.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections import deque
+from typing import Any, Optional
 
 from gspo_async.learner.endpoint import LearnerServer
 from gspo_async.telemetry.derive import counter_metrics
@@ -90,3 +91,32 @@ class FleetMetrics:
                 "groups/filtered": float(c["groups_filtered"]),
                 **{f"groups/filtered/{k}": float(v) for k, v in c["groups_filtered_by_reward"].items()},
                 **self.server.ages()}
+
+
+class StaleDropWatch:
+    """Says when most of what the fleet generates is thrown away as too stale (compute spent on nothing).
+
+    :meth:`observe` takes the cumulative counts after each step (``train/groups``, ``staleness/dropped``) and
+    returns a warning when, over the last `window` steps, more than `share` of the groups that left the buffer were
+    dropped as stale; at most one warning per `window` steps.
+    """
+
+    def __init__(self, max_staleness: int, window: int = 20, share: float = 0.5):
+        self.max_staleness, self.window, self.share = max_staleness, window, share
+        self.history: deque[tuple[float, float]] = deque(maxlen=window + 1)  # (trained, stale) after each step
+        self.quiet = 0  # steps left before another warning may be given
+
+    def observe(self, trained: float, stale: float) -> Optional[str]:
+        self.history.append((trained, stale))
+        self.quiet = max(0, self.quiet - 1)
+        if len(self.history) <= self.window or self.quiet:
+            return None
+        (t0, s0), (t1, s1) = self.history[0], self.history[-1]
+        dropped, used = s1 - s0, t1 - t0
+        if dropped <= self.share * (dropped + used):
+            return None
+        self.quiet = self.window
+        return (f"{dropped:.0f} of the {dropped + used:.0f} groups taken in the last {self.window} steps were dropped "
+                f"as too stale (off_policy.max_staleness={self.max_staleness}): the actors generate with weights "
+                "that are old by the time the learner gets to them. Look at weights/version_lag and weights/sync_s; "
+                "lower learner.weight_sync.max_version_lag or raise off_policy.max_staleness.")

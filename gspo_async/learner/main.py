@@ -34,7 +34,7 @@ from gspo_async.learner.checkpoint import Checkpoint, load_latest, save_checkpoi
 from gspo_async.learner.coordinator import Coordinator
 from gspo_async.learner.endpoint import LearnerServer
 from gspo_async.learner.evaluation import DEFAULT_SET, FleetEvaluation, eval_metrics
-from gspo_async.learner.fleet import FleetMetrics
+from gspo_async.learner.fleet import FleetMetrics, StaleDropWatch
 from gspo_async.learner.ledger import LedgerWriter
 from gspo_async.learner.prompts import PromptSource
 from gspo_async.learner.resume import run_identity
@@ -134,8 +134,10 @@ class Learner:
             self.publisher.close()
             raise StartupError(str(err)) from None
         self.weights = WeightBroadcaster(self.publisher, WeightSyncMembership(sync.timeout_s, sync.exclude_s),
-                                         self.server.reachable_actor_ids, self.registry, background=sync.background)
+                                         self.server.reachable_actor_ids, self.registry, background=sync.background,
+                                         on_sent=self.server.set_fleet_version)
         self.fleet = FleetMetrics(self.server, self.registry, group_size=cfg.num_return_sequences_in_group)
+        self.stale_watch = StaleDropWatch(cfg.off_policy.max_staleness)
         self.loop = LoopMetrics()  # busy and wait time, rates over one wall window
         self.registry.update(initial_values(time.time()))
         self.fleet_metrics()  # the start of the rate window
@@ -184,6 +186,12 @@ class Learner:
     def offer_weights(self) -> None:
         """Hand the current version to the broadcaster (background: only if it is idle; it never waits)."""
         self.weights.offer(self.version, self.weight_snapshot)
+
+    def weights_behind(self) -> bool:
+        """Whether the fleet's newest weights are more than weight_sync.max_version_lag versions behind the
+        learner's (background broadcasts only): the next step waits, or the actors' groups would be stale."""
+        return (self.weights.background
+                and self.version - self.weights.sent_version > self.cfg.learner.weight_sync.max_version_lag)
 
     def _fleet_evaluation(self) -> FleetEvaluation:
         """The eval sets as evaluation prompts for the actors (prompts longer than prompt_length left out)."""
@@ -326,9 +334,16 @@ class Learner:
         while self.step < total and not self.stop.is_set():
             batch: list = []
             wait_start = time.time()
-            while len(batch) < cfg.rollout_batch_size and not self.stop.is_set():
+            weights_wait_s = 0.0
+            while (len(batch) < cfg.rollout_batch_size or self.weights_behind()) and not self.stop.is_set():
                 self.offer_weights()  # a version not yet out (background: once the broadcaster is idle)
-                batch += self.server.take_groups(cfg.rollout_batch_size - len(batch), timeout_s=0.2)
+                if len(batch) < cfg.rollout_batch_size:
+                    batch += self.server.take_groups(cfg.rollout_batch_size - len(batch), timeout_s=0.2)
+                else:  # the batch is ready but the fleet's weights are too far behind (weight_sync.max_version_lag)
+                    t = time.time()
+                    self.weights.wait_sent(self.version - cfg.learner.weight_sync.max_version_lag,
+                                           self.weight_snapshot, timeout_s=0.2)
+                    weights_wait_s += time.time() - t
                 if time.time() - last_log > cfg.telemetry.log_every_s:  # keep the dashboard live while waiting
                     if fleet_eval:
                         self.fleet_evaluations()
@@ -362,7 +377,8 @@ class Learner:
                 "train/step": float(self.step), "train/version": float(self.version), "train/step_s": train_s,
                 "staleness/mean": sum(lags) / len(lags), "staleness/max": float(max(lags)),
                 "learner/wait_s": wait_s, **self.weights.last_sync(), **self.fleet_metrics(),
-                "weights/version_lag": float(self.version - max(self.weights.sent_version, 0))})
+                "weights/version_lag": float(self.version - max(self.weights.sent_version, 0)),
+                "weights/wait_s": weights_wait_s})
             due = self.evaluating and (self.step % cfg.learner.eval_every == 0 or self.step == total)
             if fleet_eval:  # the actors serve it between their training batches; results come steps later
                 metrics.update(self.fleet_evaluations(start=due))
@@ -378,8 +394,10 @@ class Learner:
             self.history.append({k: v for k, v in metrics.items()
                                  if isinstance(v, float) and not k.startswith("eval/")})
             self._log_progress(metrics, time.time() - start)
-            if (warning := self.reward_monitor.take_warning()) is not None:
-                log.warning("[learner] %s", warning)
+            stale = self.stale_watch.observe(metrics.get("train/groups", 0.0), metrics.get("staleness/dropped", 0.0))
+            for warning in (self.reward_monitor.take_warning(), stale):
+                if warning is not None:
+                    log.warning("[learner] %s", warning)
             if self.reward_monitor.over_limit():  # stop: the final checkpoint below keeps what was acknowledged
                 log.error("[learner] stopping at step %d: %s", self.step,
                           self.reward_monitor.stop_message(self._last_reward_error()))

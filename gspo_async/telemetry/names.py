@@ -198,6 +198,8 @@ _METRICS: list[Metric] = [
     _m("weights/version_skew_max", GAUGE, "largest actor version lag (see actor/<id>/version_lag)", "versions"),
     _m("weights/version_lag", GAUGE, "learner version minus the newest version broadcast, after a step (growing: "
        "broadcasts lag training)", "versions"),
+    _m("weights/wait_s", GAUGE, "time the last step waited for the fleet's weights (weight_sync.max_version_lag)",
+       "s"),
     _m("weights/syncs", COUNTER, "weight broadcasts done", "syncs"),
     _m("weights/bytes_sent", COUNTER, "bytes sent in all weight broadcasts", "bytes"),
     _m("weights/failures", COUNTER, "broadcasts that timed out or lost a receiver (an increase marks a failure)",

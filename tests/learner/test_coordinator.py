@@ -68,6 +68,43 @@ def test_admission_stops_at_bound_and_resumes_after_each_version():
     assert c.counters()["leases_issued"] == 16
 
 
+def test_admission_counts_from_the_fleets_version_while_a_broadcast_lags():
+    c, _ = make(groups_per_step=4, max_staleness=1)
+    c.set_fleet_version(0)
+    first, _ = c.lease("a0", 100)
+    assert len(first) == 8  # (1 + 0 + 1) * 4
+    for p in first:
+        c.offer("a0", group_for(p))
+    c.mark_trained(c.take(4))
+    c.set_version(1)  # the learner stepped; the fleet still has version 0
+    assert c.admission_version == 0 and c.lease("a0", 1) == ([], "admission")
+    c.set_fleet_version(1)
+    assert len(c.lease("a0", 100)[0]) == 4  # (1 + 1 + 1) * 4 - 8
+    c.set_fleet_version(0)  # never decreases
+    c.set_fleet_version(7)  # and never counts past the learner's own version
+    assert c.fleet_version == 7 and c.admission_version == 1
+
+
+@pytest.mark.parametrize("admission_follows_the_fleet", [True, False])
+def test_actors_a_version_behind_make_no_stale_group_when_admission_follows_the_fleet(admission_follows_the_fleet):
+    """Actors that generate instantly with the weights of the newest finished broadcast, one version behind the
+    learner: counted from the fleet's version, admission hands out nothing that is stale by the time it is taken;
+    counted from the learner's (the bound without set_fleet_version), part of every batch is dropped as stale."""
+    c, _ = make(groups_per_step=4, max_staleness=1)
+    for step in range(30):
+        fleet = max(step - 1, 0)  # the broadcast of `step` is still under way
+        if admission_follows_the_fleet:
+            c.set_fleet_version(fleet)
+        while leased := c.lease("a0", 100)[0]:
+            for p in leased:
+                assert c.offer("a0", group_for(p, version=fleet)) == "accepted"
+        c.mark_trained(c.take(4))
+        c.set_version(step + 1)
+    counts = c.counters()
+    assert (counts["dropped_stale"] == 0) == admission_follows_the_fleet, counts["dropped_stale"]
+    assert counts["prompts_trained"] >= 4 * 29
+
+
 def test_max_staleness_zero_is_synchronous():
     c, _ = make(groups_per_step=2, max_staleness=0)
     for version in range(3):

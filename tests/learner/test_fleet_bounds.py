@@ -1,10 +1,11 @@
-"""Per-actor metric rows are bounded in number, and one actor's bad numbers cost only its own row."""
+"""Per-actor metric rows are bounded in number, and one actor's bad numbers cost only its own row; a run that drops
+most groups as stale is told so."""
 
 import json
 
 from gspo_async.learner.coordinator import Coordinator
 from gspo_async.learner.endpoint import LearnerServer
-from gspo_async.learner.fleet import MAX_ACTOR_ROWS, FleetMetrics
+from gspo_async.learner.fleet import MAX_ACTOR_ROWS, FleetMetrics, StaleDropWatch
 from gspo_async.learner.prompts import PromptSource
 from gspo_async.protocol.messages import Limits
 from gspo_async.telemetry.registry import MetricRegistry
@@ -50,3 +51,23 @@ def test_a_bad_stat_costs_only_that_actors_row(tmp_path):
     assert actor_names(record) == {"a1"} and record["actor/a1/busy_frac"] == 0.5
     assert fleet.actor_row_errors == 1 and out["throughput/gen_tokens_per_s"] == 12.0
     registry.close()
+
+
+def test_stale_drop_watch_warns_once_per_window_when_most_groups_are_dropped():
+    watch = StaleDropWatch(max_staleness=2, window=4, share=0.5)
+    trained = stale = 0.0
+    said = []
+    for step in range(12):  # 16 trained per step; from step 4 on, 20 stale per step (20 / 36 > 0.5)
+        trained += 16
+        stale += 20 if step >= 4 else 0
+        said.append(watch.observe(trained, stale))
+    warned = [i for i, w in enumerate(said) if w]
+    # At step i the window is steps i-3..i; with k stale steps in it the stale share is 20k / (64 + 20k): 60/124 at
+    # k = 3, 80/144 at k = 4 (step 7). Then quiet for 4 steps: the next warning is at step 11.
+    assert warned == [7, 11]
+    assert "80 of the 144 groups" in said[7] and "max_staleness=2" in said[7]
+
+
+def test_stale_drop_watch_is_quiet_at_half_or_less():
+    watch = StaleDropWatch(max_staleness=1, window=3, share=0.5)
+    assert not any(watch.observe(16.0 * i, 16.0 * i) for i in range(1, 20))  # exactly half: not "most"

@@ -36,8 +36,10 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 
 # ----- the two tiers -----------------------------------------------------------------------------------------------
-# Tests that start a learner with actors (or another multi-process run): one at a time, on one xdist worker.
-CLUSTER_PATHS = ("tests/integration/", "tests/reliability/", "tests/dashboard/test_browser.py", "tests/readme/")
+# Tests that start a learner with actors (or another multi-process run): one at a time, on one xdist worker. The
+# dashboard's browser and consistency tests share one forced-drop run (a session fixture), so both stay in the other
+# group, on one worker, where it is made once.
+CLUSTER_PATHS = ("tests/integration/", "tests/reliability/", "tests/readme/")
 SPAWN_HINT = ("it is not marked slow but started a process ({what}); mark it @pytest.mark.slow (the unit tier, "
               "`-m 'not slow'`, starts no process) or replace the process with an in-process call")
 

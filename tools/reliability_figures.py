@@ -59,7 +59,7 @@ ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
     "test_64_simulated_actors_keep_learner_memory_bounded_and_lose_no_acked_group": (
         "load, 64 actors", ("load_s", "steps", "groups_per_s", "acked_accepted_groups", "learner_rss_peak_mb",
                             "learner_rss_growth_mb", "learner_rss_bound_mb", "coordinator_largest",
-                            "coordinator_bound")),
+                            "coordinator_bound", "dropped_share")),
 }
 SKIP = {"seed", "soak_s", "finished", "groups_lost", "groups_trained_twice", "prompts_trained_twice"}
 

@@ -9,6 +9,7 @@
            no: nothing; offered again after the            without the dead or the held-out)
            next step and at every wait tick            idle, every TICK_S: membership changed?
                                                           -> the held version again, to the new list
+                                                          (unless a newer one waits: it goes instead)
 
 Rules that follow from it:
   * At most one copy of the weights exists for broadcasting: the training thread takes a snapshot only when the
@@ -74,6 +75,7 @@ class WeightBroadcaster:
         self._busy = False  # a round (or its retry) is running on the thread
         self._held: Optional[tuple[int, list[tuple[str, torch.Tensor]]]] = None  # the thread's last version sent
         self._offered = -1  # newest version handed over (or sent inline)
+        self._newest = -1  # newest version the training thread has offered, taken or not
         self._sent = -1  # version of the newest successful round
         self._last: dict[str, float] = {}
         self._closing = False
@@ -101,6 +103,7 @@ class WeightBroadcaster:
                 return True
             return False
         with self._cond:
+            self._newest = max(self._newest, version)
             if version <= self._offered or self._busy or self._job is not None or self._closing:
                 return False
             self._held = None  # the idle thread's old copy goes before the new one is made: one copy at a time
@@ -165,7 +168,8 @@ class WeightBroadcaster:
                 if job is not None:
                     self._held = job
                     self._round(job[0], job[1], "new version")
-                elif self._held is not None and self._membership_changed():
+                elif self._held is not None and self._held[0] >= self._newest and self._membership_changed():
+                    # (with a newer version waiting, the training thread's next offer reaches the new members)
                     self._round(self._held[0], self._held[1], "membership")
             except Exception:  # a bug, not a peer's failure (publish never raises for those): keep serving
                 log.exception("[learner] weight broadcast failed unexpectedly; the next version retries")

@@ -9,7 +9,11 @@ the same window after a warm-up:
   kills      every ``--kill-every`` seconds one actor process (chosen at random among those that have connected)
              is SIGKILLed and a fresh one started at once under a new id, as a supervisor would;
   kills, inline broadcasts
-             the same, with every step waiting for its own weight broadcast (learner.weight_sync.background=false).
+             the same, with every step waiting for its own weight broadcast (learner.weight_sync.background=false);
+  start-ups only
+             no kills, but at the same pace an actor process is started that never joins (its learner address has
+             nobody listening) and is killed at the next one: the CPU cost of a replacement's start-up (Python,
+             torch, transformers) on a small machine, without any change of membership.
 
 From the learner's metrics.jsonl over the window: the learner's busy fraction (1 - time waiting for data / time
 between the first and last step of the window), the longest gap between two consecutive steps, steps per second,
@@ -50,15 +54,17 @@ OVERRIDES = ["learner.eval_every=0", "learner.checkpoint.every=0", "learner.tota
              "telemetry.dashboard_port=null", "telemetry.log_every_s=1", "response_length=8",
              "actor.prompts_per_lease=2", "off_policy.max_staleness=2"]
 
-COLUMNS: list[Column] = [("run", "run", None), ("actors", "actors", "d"), ("kills", "kills", "d"),
+COLUMNS: list[Column] = [("run", "run", None), ("actors", "actors", "d"), ("kills", "kills or start-ups", "d"),
                          ("steps", "steps", "d"), ("steps_per_s", "steps/s", ".2f"),
                          ("busy_pct", "learner busy %", ".1f"), ("longest_gap_s", "longest step gap s", ".2f"),
                          ("median_gap_s", "median step gap s", ".2f"), ("sync_failures", "failed syncs", "d"),
                          ("staleness_mean", "mean staleness", ".2f")]
-# The runs of one invocation: (name, kill?, config overrides). "inline" is the same churn with every step waiting
-# for its own broadcast (learner.weight_sync.background=false), the behaviour before broadcasts ran beside training.
-RUNS = [("no kills", False, ()), ("kills", True, ()),
-        ("kills, inline broadcasts", True, ("learner.weight_sync.background=false",))]
+# The runs of one invocation: (name, what happens every --kill-every seconds, config overrides). "inline" is the same
+# churn with every step waiting for its own broadcast (learner.weight_sync.background=false); "start-ups" starts a
+# process that never joins, to tell the cost of a start-up on the machine's cores from the cost of a membership change.
+RUNS = [("no kills", None, ()), ("kills", "kill", ()),
+        ("kills, inline broadcasts", "kill", ("learner.weight_sync.background=false",)),
+        ("start-ups only", "start-up", ())]
 
 
 def _env() -> dict[str, str]:
@@ -93,8 +99,10 @@ def _stop(procs: list[subprocess.Popen], grace_s: float) -> None:
 
 
 def run_once(name: str, *, actors: int, kill_every_s: float, window_s: float, warmup_steps: int,
-             rng: random.Random, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
-    """One learner and `actors` single-actor processes; kills during the window when `kill_every_s` > 0."""
+             rng: random.Random, overrides: tuple[str, ...] = (), event: str = "kill") -> dict[str, Any]:
+    """One learner and `actors` single-actor processes; every `kill_every_s` (> 0) during the window, an `event`:
+    'kill' (one actor SIGKILLed and replaced) or 'start-up' (a process that never joins started, the previous one
+    killed)."""
     from gspo_async.config import load_config
     from gspo_async.local import free_port
 
@@ -115,9 +123,9 @@ def run_once(name: str, *, actors: int, kill_every_s: float, window_s: float, wa
         logs.append(log)
         return subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
-    def start_actor(actor_id: str) -> subprocess.Popen:
-        return start([sys.executable, "-m", "gspo_async.actor.swarm", "--learner", address, "--ids", actor_id,
-                      "--simulated", json.dumps(SIMULATED)], f"{actor_id}.log")
+    def start_actor(actor_id: str, learner_address: str = address) -> subprocess.Popen:
+        return start([sys.executable, "-m", "gspo_async.actor.swarm", "--learner", learner_address, "--ids",
+                      actor_id, "--simulated", json.dumps(SIMULATED)], f"{actor_id}.log")
 
     learner = start([sys.executable, "-m", "gspo_async", "learner", str(config_path)], "learner.log")
     deadline = time.monotonic() + 600
@@ -127,6 +135,7 @@ def run_once(name: str, *, actors: int, kill_every_s: float, window_s: float, wa
         time.sleep(0.5)
     fleet = {f"c{i}": start_actor(f"c{i}") for i in range(actors)}
     next_id = actors
+    decoys: list[subprocess.Popen] = []  # start-up processes that never join (event "start-up")
     kills = 0
     try:
         deadline = time.monotonic() + 600
@@ -139,6 +148,13 @@ def run_once(name: str, *, actors: int, kill_every_s: float, window_s: float, wa
         while time.time() < t0 + window_s:
             if learner.poll() is not None:
                 raise RuntimeError(f"{name}: the learner exited with {learner.returncode}")
+            if time.time() >= next_kill and event == "start-up":
+                if decoys:
+                    decoys[-1].send_signal(signal.SIGKILL)
+                    decoys[-1].wait()
+                decoys.append(start_actor(f"decoy{len(decoys)}", f"127.0.0.1:{free_port()}"))
+                kills += 1
+                next_kill += kill_every_s
             if time.time() >= next_kill:
                 connected = [a for a, p in fleet.items() if p.poll() is None
                              and b"connected to" in (run_dir / "logs" / f"{a}.log").read_bytes()]
@@ -155,7 +171,7 @@ def run_once(name: str, *, actors: int, kill_every_s: float, window_s: float, wa
         t1 = time.time()
     finally:
         _stop([learner], grace_s=60)
-        _stop(list(fleet.values()), grace_s=10)
+        _stop(list(fleet.values()) + decoys, grace_s=10)
         for log in logs:
             log.close()
     return summarise(name, run_dir, t0, t1, actors, kills)
@@ -208,9 +224,22 @@ def render_markdown(result: dict[str, Any], doc_dir: Path) -> str:
             f"SIGKILLed every {s['kill_every_s']:g} s and replaced at once, for {s['window_s']:g} s after a warm-up "
             f"of {s['warmup_steps']} steps (`tools/bench/churn.py`). Broadcasts run on a thread of their own "
             "(`learner.weight_sync.background`, the default); `kills, inline broadcasts` is the same churn with each "
-            "step waiting for its broadcast (`background: false`). Mean staleness: versions between a group's "
+            "step waiting for its broadcast (`background: false`; its busy % counts the broadcast inside each step "
+            "as busy, so compare steps/s); `start-ups only` kills nobody but starts, at the same pace, an actor "
+            "process that never joins: what a replacement's start-up costs the machine's cores without any change "
+            "of membership. Mean staleness: versions between a group's "
             f"weights and the learner's at training. SIMULATED GENERATION; 1-min load average {load[0]:.1f} on "
-            f"{result['machine'].get('cpus')} cores at the start.\n\n" + markdown_table(result["rows"], COLUMNS) + "\n\n" + goal_verdict(result["rows"]))
+            f"{result['machine'].get('cpus')} cores at the start.\n\n" + markdown_table(result["rows"], COLUMNS)
+            + "\n\n" + goal_verdict(result["rows"]) + "\n\n" + READING)
+
+
+# How to read the table (no figure: those are above). Kept beside the code that measures it.
+READING = ("Reading it: compare `start-ups only` with `no kills` for what the replacements' start-ups cost the "
+           "cores, and `kills` with `start-ups only` for what the membership changes cost. Every death and every "
+           "newcomer makes a new process group for the broadcasts (a gloo group's members are fixed); while a "
+           "round waits for it, the fleet's version stands still, and with it admission (counted from the "
+           "fleet's version) and the version-lag bound (`weight_sync.max_version_lag`), so the learner waits for "
+           "data. Inline broadcasts pay the same group formations inside the steps instead.")
 
 
 def main() -> int:
@@ -237,11 +266,11 @@ def main() -> int:
                                            "window_s": args.window, "warmup_steps": args.warmup,
                                            "simulated": SIMULATED, "overrides": OVERRIDES}, "rows": []}
     rng = random.Random(args.seed)
-    for name, kill, overrides in RUNS if not args.no_inline else RUNS[:2]:
+    for name, event, overrides in [r for r in RUNS if not (args.no_inline and "inline" in r[0])]:
         print(f"{name}: {args.actors} actors, {args.window:g} s window ...", flush=True)
         row = run_once(name.replace(" ", "-").replace(",", ""), actors=args.actors,
-                       kill_every_s=args.kill_every if kill else 0.0, window_s=args.window,
-                       warmup_steps=args.warmup, rng=rng, overrides=overrides)
+                       kill_every_s=args.kill_every if event else 0.0, window_s=args.window,
+                       warmup_steps=args.warmup, rng=rng, overrides=overrides, event=event or "kill")
         row["run"] = name
         result["rows"].append(row)
     result["wall_s"] = time.time() - started

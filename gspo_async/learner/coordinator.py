@@ -248,6 +248,12 @@ class Coordinator:
         mine = [pid for pid in prompt_ids if pid in self._leased and self._open[pid].holder == actor_id]
         return self._release(mine, "leases_returned")
 
+    def orphan(self, actor_id: str) -> list[int]:
+        """The actor's connection closed (it most likely died): its leases go back to the front of the queue now,
+        not when heartbeats declare it dead. It stays registered; a group it still delivers is accepted if its
+        prompt has none yet, as for any re-issued lease."""
+        return self._release(self.leases_of(actor_id), "leases_orphaned")
+
     def _release(self, prompt_ids: list[int], counter: str) -> list[int]:
         """Leased prompts back to the front of the queue, lowest id first."""
         for pid in sorted(set(prompt_ids), reverse=True):
@@ -265,7 +271,7 @@ class Coordinator:
         for actor_id in dead:
             del self._actors[actor_id]
             self.n["actors_dead"] += 1
-            self._release(self.leases_of(actor_id), "leases_orphaned")
+            self.orphan(actor_id)
         expired = [pid for pid in self._leased if now >= self._open[pid].expires_at]
         self._release(expired, "leases_expired")
         return {"dead": dead, "expired": expired}

@@ -405,9 +405,10 @@ class LearnerServer:
                 continue
             with self._lock:
                 self._cut.add(actor_id)
+                released = self.coordinator.orphan(actor_id)  # re-issued now, not after the heartbeat timeout
             self.transport["connections_closed"] += 1
-            log.info("actor %s: connection closed; left out of weight broadcasts until it is heard from again",
-                     actor_id)
+            log.info("actor %s: connection closed; its %d leases are re-issued and it is left out of weight "
+                     "broadcasts until it is heard from again", actor_id, len(released))
 
     def _address(self, frame: zmq.Frame) -> str:
         """The sender's IP (behind the frame gate: the client the gate relays for it)."""

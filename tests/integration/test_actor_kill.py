@@ -8,6 +8,7 @@ bound, so a learner that waited for either would fail the test by a wide margin;
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 
@@ -61,7 +62,9 @@ def test_sigkill_of_an_actor_does_not_stall_training(cluster_factory):
     print(f"longest step gap {worst:.2f}s around the kill (first step {since_kill:.2f}s after it)")
     assert worst < GAP_BOUND_S, (f"longest step gap {worst:.1f}s (first step {since_kill:.1f}s after the kill; "
                                  f"gaps {gaps})\n" + c.dump_logs())
-    assert "actor a1: connection closed" in c.log("learner"), c.dump_logs()
+    # Its leases went back to the queue with the connection, long before the heartbeat timeout would declare it dead.
+    closed = re.search(r"actor a1: connection closed; its (\d+) leases are re-issued", c.log("learner"))
+    assert closed and "actor a1 silent" not in c.log("learner"), c.dump_logs()
 
 
 def test_a_stopped_learner_says_so_and_its_actor_then_stops_within_5s(cluster_factory):

@@ -186,6 +186,22 @@ def test_dead_actor_leases_are_reissued_to_others():
     assert c.accounting()["balanced"]
 
 
+def test_an_orphaned_actors_leases_go_back_at_once_and_its_late_group_still_counts():
+    c, _ = make()
+    c.register("a1", "i1", "fake")
+    mine, _ = c.lease("a0", 2)
+    assert c.orphan("a0") == sorted(p.prompt_id for p in mine)  # no clock advance: before any heartbeat timeout
+    assert c.live_actor_ids() == ["a0", "a1"] and c.leases_of("a0") == []
+    theirs, _ = c.lease("a1", 2)
+    assert [p.prompt_id for p in theirs] == [p.prompt_id for p in mine]  # the front of the queue
+    # The first holder was alive after all: its group is accepted (the prompt had none), the re-issue's is not.
+    assert c.offer("a0", group_for(mine[0])) == "accepted"
+    assert c.offer("a1", group_for(theirs[0])) == "duplicate"
+    n = c.counters()
+    assert n["leases_orphaned"] == 2 and n["actors_dead"] == 0
+    assert c.accounting()["balanced"]
+
+
 def test_goodbye_and_explicit_returns():
     c, _ = make()
     leased, _ = c.lease("a0", 4)

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tools.bench.report import IMG, Column, machine_info, text_table, write_result  # noqa: E402
+from tools.bench.report import IMG, Column, machine_info, markdown_table, text_table, write_result  # noqa: E402
 
 WORK = ROOT / "runs" / "bench" / "peer_trl"
 VENV = ROOT / "runs" / "bench" / "trl-venv"
@@ -236,16 +236,45 @@ def main() -> int:
               "trl_runs": trl_runs, "gspo_run": ours, "args": vars(args), "machine": machine_info(),
               "trl_version": (VENV / ".gspo-peer-ready").read_text().strip() if (VENV / ".gspo-peer-ready").is_file()
               else None}
-    columns: list[Column] = [("system", "system", None), ("steps", "optimiser steps", None),
-                             ("final", "held-out acc. at budget", ".3f"),
-                             ("time_to_target", f"time to {target:.3f} (s)", ".0f")]
-    print(text_table(rows, columns))
-    ratio = result["ratio"]
-    print(f"start {start:.3f}, target {target:.3f}; gspo-async / TRL time to target: "
-          + (f"{ratio:.2f}x" if ratio is not None else "not reached by one of them"))
+    print(text_table(rows, columns(target)))
+    print(verdict(result))
     result["plot"] = plot(result, name)
     write_result(out_json, result)
     return 0
+
+
+def columns(target: float) -> list[Column]:
+    return [("system", "system", None), ("steps", "optimiser steps", None),
+            ("final", "held-out acc. at budget", ".3f"), ("time_to_target", f"time to {target:.3f} (s)", ".0f")]
+
+
+GOAL_RATIO = 0.5  # gspo-async's time to the target at most this fraction of TRL's
+
+
+def verdict(result: dict[str, Any]) -> str:
+    ratio = result["ratio"]
+    return (f"start {result['start_accuracy']:.3f}, target {result['target_accuracy']:.3f} (start + 0.8 x TRL's gain "
+            f"at its full budget); gspo-async / TRL time to target: "
+            + (f"{ratio:.2f}x (goal at most {GOAL_RATIO:g}x: {'met' if ratio <= GOAL_RATIO else 'NOT met'})"
+               if ratio is not None else "not reached by one of them"))
+
+
+def render_markdown(result: dict[str, Any], doc_dir: Path) -> str:
+    """A section of docs/benchmarks.md: settings, the table, the verdict and the curve."""
+    import os.path
+
+    a = result["args"]
+    text = (f"Task `{result['task']}`; each system trains for {result['budget_s']:g} s of wall clock (start-up "
+            f"included, evaluation excluded) and every saved policy is evaluated afterwards, greedy, on the task's "
+            f"held-out set, with one code path for both; the curve takes the newest policy at each "
+            f"{result['eval_every_s']:g} s mark. TRL {result.get('trl_version') or '(version not recorded)'} "
+            f"`GRPOTrainer` as GSPO (sequence-level ratio, epsilon 3e-4 / 4e-4, beta 0, no vLLM, 2 threads), its "
+            f"learning rate swept over {a['trl_lrs']}; gspo-async runs `{Path(a['config']).name}` as is "
+            f"(`tools/bench/peer_trl.py`).\n\n" + markdown_table(result["rows"], columns(result["target_accuracy"]))
+            + "\n\n" + verdict(result))
+    if result.get("plot"):
+        text += f"\n\n![accuracy against wall time]({os.path.relpath(ROOT / result['plot'], doc_dir)})"
+    return text
 
 
 def plot(result: dict[str, Any], name: str) -> Optional[str]:

@@ -190,11 +190,12 @@ def _shown_args(argv: list[str]) -> str:
 
 def render_benchmarks(results_dir: Path = RESULTS, doc_dir: Path = DOC.parent, quick: bool = False) -> str:
     """The whole benchmarks document from the JSON results in `results_dir` (links relative to `doc_dir`)."""
-    from tools.bench import churn, fleet_eval, learning, microbatch, pipeline, precision  # they import this module
+    from tools.bench import churn, fleet_eval, learning, microbatch, peer_trl, pipeline, precision  # they import it
     from tools.gpu.smoke_vllm import render_markdown as render_vllm_smoke
     found = {name: load_result(name, results_dir) for name in ("pipeline", "learning", "transport", "weights",
                                                                "logprobs", "vllm_smoke", "microbatch", "churn",
-                                                               "precision", "learning_filter", "fleet_eval")}
+                                                               "precision", "learning_filter", "fleet_eval",
+                                                               "peer_trl-arithmetic", "peer_trl-sort")}
     # the other benchmarks' own "machine" may be a string (platform.machine()): only dicts describe one
     machines = [r["machine"] for r in found.values() if r and isinstance(r.get("machine"), dict)]
     when = sorted(m["time"] for m in machines)
@@ -208,7 +209,10 @@ def render_benchmarks(results_dir: Path = RESULTS, doc_dir: Path = DOC.parent, q
             f"- Measured: {when[0]} to {when[-1]}." if when else "- Measured: (no results yet).",
             "- The machine is shared: other jobs (tests, builds) ran at the same time, which slows some runs and "
             "adds noise; the load average at the start of each benchmark is in its JSON.", ""]
-    sections = [("pipeline", "Pipeline: synchronous vs asynchronous", pipeline.render_markdown),
+    sections = [("peer_trl-arithmetic", "Side by side with TRL: time to accuracy (quickstart task)",
+                 peer_trl.render_markdown),
+                ("peer_trl-sort", "Side by side with TRL: time to accuracy (sort task)", peer_trl.render_markdown),
+                ("pipeline", "Pipeline: synchronous vs asynchronous", pipeline.render_markdown),
                 ("learning", "Learning: time to accuracy, GSPO vs token-level ratios under staleness",
                  learning.render_markdown),
                 ("learning_filter", "Learning: filtering zero-variance groups (dynamic sampling)",
@@ -220,7 +224,8 @@ def render_benchmarks(results_dir: Path = RESULTS, doc_dir: Path = DOC.parent, q
                 ("churn", "Actor churn: killed actors against the learner's pace", churn.render_markdown),
                 ("precision", "Learner precision: fp32 vs bf16 autocast vs pure bf16", precision.render_markdown),
                 ("vllm_smoke", "vLLM actor smoke test (GPU)", lambda r, _: render_vllm_smoke(r))]
-    missing = {"vllm_smoke": "(not run yet: no GPU has been lent. `bash tools/gpu/smoke.sh` on a GPU machine "
+    missing = {"peer_trl-sort": "(not run yet: `PYTHONPATH=. python tools/bench/peer_trl.py --task sort`)",
+               "vllm_smoke": "(not run yet: no GPU has been lent. `bash tools/gpu/smoke.sh` on a GPU machine "
                              "writes `vllm_smoke.json`; copy it to tools/bench/results/)"}
     body = []
     for name, title, render in sections:

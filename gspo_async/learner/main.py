@@ -394,7 +394,7 @@ class Learner:
             self.history.append({k: v for k, v in metrics.items()
                                  if isinstance(v, float) and not k.startswith("eval/")})
             self._log_progress(metrics, time.time() - start)
-            stale = self.stale_watch.observe(metrics.get("train/groups", 0.0), metrics.get("staleness/dropped", 0.0))
+            stale = self.stale_watch.observe(metrics["train/groups"], metrics["staleness/dropped"])
             for warning in (self.reward_monitor.take_warning(), stale):
                 if warning is not None:
                     log.warning("[learner] %s", warning)

@@ -148,17 +148,16 @@ def run_once(name: str, *, actors: int, kill_every_s: float, window_s: float, wa
         while time.time() < t0 + window_s:
             if learner.poll() is not None:
                 raise RuntimeError(f"{name}: the learner exited with {learner.returncode}")
-            if time.time() >= next_kill and event == "start-up":
-                if decoys:
-                    decoys[-1].send_signal(signal.SIGKILL)
-                    decoys[-1].wait()
-                decoys.append(start_actor(f"decoy{len(decoys)}", f"127.0.0.1:{free_port()}"))
-                kills += 1
-                next_kill += kill_every_s
             if time.time() >= next_kill:
-                connected = [a for a, p in fleet.items() if p.poll() is None
-                             and b"connected to" in (run_dir / "logs" / f"{a}.log").read_bytes()]
-                if connected:
+                next_kill += kill_every_s
+                if event == "start-up":  # the previous decoy goes, a new one starts (it never joins)
+                    if decoys:
+                        decoys[-1].send_signal(signal.SIGKILL)
+                        decoys[-1].wait()
+                    decoys.append(start_actor(f"decoy{len(decoys)}", f"127.0.0.1:{free_port()}"))
+                    kills += 1
+                elif connected := [a for a, p in fleet.items() if p.poll() is None
+                                   and b"connected to" in (run_dir / "logs" / f"{a}.log").read_bytes()]:
                     victim = rng.choice(sorted(connected))
                     fleet[victim].send_signal(signal.SIGKILL)
                     fleet[victim].wait()
@@ -166,7 +165,6 @@ def run_once(name: str, *, actors: int, kill_every_s: float, window_s: float, wa
                     kills += 1
                     fleet[f"c{next_id}"] = start_actor(f"c{next_id}")
                     next_id += 1
-                next_kill += kill_every_s
             time.sleep(0.05)
         t1 = time.time()
     finally:

@@ -56,6 +56,9 @@ WAKE = b"wake"
 CLOSED = b"closed"
 KEEP_ROUNDS = 4  # store keys of older rounds are deleted
 IDLE_WAIT_S = 600.0  # a subscriber's idle wait re-arms after this long (a store timeout logs a warning)
+# A subscriber's first connection to the weight store may take this long: it happens at start-up, and a loaded
+# machine can be slow to complete a loopback connect. Its store operations then use timeout_s.
+CONNECT_S = 30.0
 ALIVE_POLL_S = 0.02  # how often a round that waits on members asks whether they are still alive
 
 
@@ -398,8 +401,11 @@ class WeightSubscriber:
         timeout = timedelta(seconds=self.timeout_s)
         self._host, self._port = host, port
         self._abandoned: list[GroupFormation] = []  # rendezvous given up on; joined at close
-        self._store: dist.TCPStore | None = dist.TCPStore(host, port, None, False, timeout)
-        self._waker: dist.TCPStore | None = dist.TCPStore(host, port, None, False, timeout)  # only stop() uses it
+        connect = timedelta(seconds=max(self.timeout_s, CONNECT_S))
+        self._store: dist.TCPStore | None = dist.TCPStore(host, port, None, False, connect)
+        self._waker: dist.TCPStore | None = dist.TCPStore(host, port, None, False, connect)  # only stop() uses it
+        for store in (self._store, self._waker):
+            store.set_timeout(timeout)
         self._notify = f"notify/{self.actor_id}"
         self._lock = threading.Lock()  # guards the group and the waker against stop() from another thread
         self._receiving = threading.Lock()

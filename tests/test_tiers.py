@@ -160,5 +160,5 @@ def test_summary_parsing_and_rendering_by_hand():
                                "`python tools/test_timing.py full`.\n")
     doc = f"a\n{tool.BEGIN}\nold\n{tool.END}\nb\n"
     assert tool.rewrite(doc, "new\n") == f"a\n{tool.BEGIN}\nnew\n{tool.END}\nb\n"
-    with pytest.raises(ValueError, match="lacks the markers"):
+    with pytest.raises(ValueError, match="needs exactly one pair of markers"):
         tool.rewrite("no markers", "x\n")

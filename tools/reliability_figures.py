@@ -17,6 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the tools' shared helpers
+import doc_markers  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACT = ROOT / "test-artifacts" / "reliability.json"
 FIGURES = ROOT / "docs" / "reliability-figures.json"
@@ -112,11 +115,7 @@ def merge(figures: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 def rewrite(doc: str, table: str) -> str:
-    if doc.count(BEGIN) != 1 or doc.count(END) != 1:
-        raise SystemExit(f"{DOC}: needs exactly one pair of markers {BEGIN!r} ... {END!r}")
-    head, rest = doc.split(BEGIN)
-    _, tail = rest.split(END)
-    return f"{head}{BEGIN}\n{table}{END}{tail}"
+    return doc_markers.rewrite(doc, BEGIN, END, table, DOC.name)
 
 
 def main(argv: list[str] | None = None) -> int:

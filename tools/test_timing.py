@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the tools' shared helpers
+import doc_markers  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "docs" / "test-timing.json"
 README = ROOT / "README.md"
@@ -96,11 +99,7 @@ def render(figures: dict[str, dict[str, Any]]) -> str:
 
 
 def rewrite(doc: str, table: str) -> str:
-    if BEGIN not in doc or END not in doc:
-        raise ValueError(f"README.md lacks the markers {BEGIN} ... {END}: put them where the table belongs")
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{table}{END}{tail}"
+    return doc_markers.rewrite(doc, BEGIN, END, table, "README.md")
 
 
 def load() -> dict[str, dict[str, Any]]:

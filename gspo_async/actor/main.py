@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -55,6 +56,7 @@ class Actor:
                                   stats_fn=lambda: dict(self.stats))
         self.session: Optional[str] = None
         self._announced_weights = False
+        self._preload: Optional[threading.Thread] = None  # importing transformers while the learner starts
 
     def _local_engine_name(self) -> str:
         """The engine this actor will run: its own override, else whatever the learner's config says."""
@@ -89,6 +91,10 @@ class Actor:
         model_dir = Path(tempfile.mkdtemp(prefix=f"gspo-actor-{self.actor_id}-"))
         for name, data in welcome.model_files.items():
             (model_dir / Path(name).name).write_bytes(data)
+        if self._preload is not None:
+            # transformers' lazy modules are not safe to import from two threads at once ("cannot import name
+            # 'AutoConfig'"): the engine build starts after the background import has finished
+            self._preload.join()
         self.engine = self._build_engine(model_dir)
         if getattr(self, "reward", None) is not None:
             self.reward.close()  # a reconfigure (learner restart) must not leak the old worker pool
@@ -144,6 +150,9 @@ class Actor:
 
         from gspo_async.protocol.client import LearnerUnavailable
 
+        if self._local_engine_name() == "hf":  # while the learner starts up, not after its welcome
+            self._preload = threading.Thread(target=_preload_transformers, name="preload-transformers", daemon=True)
+            self._preload.start()
         try:
             welcome = self.client.connect(timeout_s=60, stop=self.stop.event)
         except LearnerUnavailable:
@@ -292,6 +301,19 @@ class Actor:
 
 
 _MAX_REWARD_FIGURES = 48  # of the 64 entries a group's timings map may hold
+
+
+def _preload_transformers() -> None:
+    """Import the architecture-independent transformers stack (model loading, generation, the auto classes) in the
+    background while the actor waits for the learner's welcome: those imports cost seconds of a core, and after
+    the welcome they would delay the first generation. The engine build waits for this thread to end (see
+    Actor._configure), then imports the same modules and reports any failure with its context."""
+    try:
+        import transformers.generation.utils  # noqa: F401
+        import transformers.modeling_utils  # noqa: F401
+        import transformers.models.auto.modeling_auto  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - the engine build imports these again and raises there
+        log.debug("[actor] preloading transformers failed: %s", err)
 
 
 def _actor_overrides(overrides: list[str]) -> list[str]:

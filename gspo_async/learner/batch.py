@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from gspo_async.protocol.messages import RolloutGroup
@@ -79,24 +80,26 @@ def collate_groups(groups: list[RolloutGroup], pad_id: int) -> TrainBatch:
     B = len(rows)
     L = max(len(p) + len(r.tokens) for p, r in rows)
     T = max(max(len(r.tokens) for _, r in rows), 1)
-    input_ids = torch.full((B, L), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((B, L), dtype=torch.long)
-    response_ids = torch.full((B, T), pad_id, dtype=torch.long)
-    response_mask = torch.zeros((B, T), dtype=torch.bool)
-    behaviour = torch.zeros((B, T), dtype=torch.float32)
-    start = torch.zeros(B, dtype=torch.long)
-    rewards = torch.zeros(B, dtype=torch.float32)
-    truncated = torch.zeros(B, dtype=torch.bool)
+    # Filled as numpy arrays and handed to torch without a copy: one torch indexing assignment per row and field
+    # made collation a tenth of a quickstart step (tools/bench/profile_step.py); numpy's cost far less.
+    input_ids = np.full((B, L), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((B, L), dtype=np.int64)
+    response_ids = np.full((B, T), pad_id, dtype=np.int64)
+    response_mask = np.zeros((B, T), dtype=bool)
+    behaviour = np.zeros((B, T), dtype=np.float32)
+    start = np.zeros(B, dtype=np.int64)
+    rewards = np.zeros(B, dtype=np.float32)
+    truncated = np.zeros(B, dtype=bool)
     for i, (prompt, resp) in enumerate(rows):
         p, n = len(prompt), len(resp.tokens)
-        input_ids[i, :p] = torch.as_tensor(prompt, dtype=torch.long)
-        input_ids[i, p:p + n] = torch.as_tensor(resp.tokens, dtype=torch.long)
+        input_ids[i, :p] = prompt
+        input_ids[i, p:p + n] = resp.tokens
         attention_mask[i, :p + n] = 1
         start[i] = p
-        response_ids[i, :n] = torch.as_tensor(resp.tokens, dtype=torch.long)
+        response_ids[i, :n] = resp.tokens
         response_mask[i, :n] = True
-        behaviour[i, :n] = torch.as_tensor(resp.logprobs, dtype=torch.float32)
+        behaviour[i, :n] = resp.logprobs
         rewards[i] = float(resp.reward)
         truncated[i] = resp.finish_reason == "length"
-    return TrainBatch(input_ids, attention_mask, start, response_ids, response_mask, behaviour, rewards, truncated,
-                      group_size)
+    return TrainBatch(*(torch.from_numpy(a) for a in (input_ids, attention_mask, start, response_ids, response_mask,
+                                                        behaviour, rewards, truncated)), group_size)

@@ -143,7 +143,8 @@ class Trainer:
         lengths = batch.seq_lengths
         self.slots = 0
         need_prox = cfg.off_policy.correction in ("decoupled", "recompute")
-        model.eval()  # no dropout while measuring pi_prox and pi_ref
+        if need_prox or self.ref_model is not None:
+            model.eval()  # no dropout while measuring pi_prox and pi_ref
         prox = self._logprobs_no_grad(model, batch) if need_prox else None
         ref = self._logprobs_no_grad(self.ref_model, batch) if self.ref_model is not None else None
 
@@ -179,7 +180,8 @@ class Trainer:
                             loss_agg_mode=cfg.loss_agg_mode, use_kl_loss=cfg.use_kl_loss,
                             kl_loss_coef=cfg.kl_loss_coef, norm_length=cfg.loss_agg_norm_length or cfg.response_length,
                             log_ratio_clamp=cfg.log_ratio_clamp)
-        model.train()
+        if not model.training:  # (a walk over every module: skipped when nothing switched it to eval mode)
+            model.train()
         self.slots = 0  # count the training passes only (the no-grad passes above are cheaper)
         sums: dict[str, float] = {}
         maxima: dict[str, float] = {}

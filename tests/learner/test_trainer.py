@@ -250,6 +250,16 @@ def test_dropout_is_disabled_so_the_on_policy_ratio_is_one():
         layer.self_attn.attention_dropout = 0.1
     assert abs(trainer.train_step(groups)["train/ratio_mean"] - 1.0) > 1e-4
 
+    # The training passes run in train mode even when the model was left in eval mode (the learner's evaluation
+    # does that between steps): the step switches it back only then, and with the dropout back the ratio leaves 1.
+    model = dropout_model()
+    trainer = Trainer(cfg, TorchBackend(cfg, model), pad_id=0)
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = 0.1
+    model.eval()
+    assert abs(trainer.train_step(groups)["train/ratio_mean"] - 1.0) > 1e-4
+    assert model.training
+
 
 def gemma2_model(softcap: float = 5.0) -> torch.nn.Module:
     from transformers import Gemma2Config

@@ -36,7 +36,7 @@ def test_random_actor_kills_and_restarts_lose_no_prompt_and_train_none_twice(clu
     try:
         wait_for(lambda: version(address) >= 2, 180, "the first training steps", (learner,))
         start_version = version(address)
-        deadline = time.monotonic() + duration(20)
+        deadline = time.monotonic() + duration(12)
         while time.monotonic() < deadline:
             # The next fault comes after a random number of new versions: random moments, tied to progress.
             target = version(address) + rng.randint(1, 3)

@@ -109,7 +109,7 @@ def test_kills_during_saves_leave_the_previous_checkpoint_and_resumes_lose_nothi
     actor = c.actor("a0")
     wait_for(lambda: list_checkpoints(root) and run.last_step() >= 2, 180, "the first steps and checkpoints",
              (run.proc, actor))
-    end = time.monotonic() + duration(25)
+    end = time.monotonic() + duration(12)
     while kills == 0 or time.monotonic() < end:
         pid = run.proc.pid
         # The first kill always aims at a save in progress; later ones at a save or after a few more steps.

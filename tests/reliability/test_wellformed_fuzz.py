@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow
 
 MESSAGES = int(os.environ.get("GSPO_FUZZ_MESSAGES", "10000"))
 BATCH = 1000
-REPLAYS = 4  # each drawn message is sent this often (replays; drawing costs most of the test's time)
+REPLAYS = 10  # each drawn message is sent this often (replays; drawing costs most of the test's time)
 CONNECTIONS = 4
 BARRIER_RID = 2**31 - 1  # RID_MAX: drawn messages never carry it (draw_messages), so its replies are told apart
 RUN = ["rollout_batch_size=4", "num_return_sequences_in_group=4", "response_length=6", "learner.eval_every=0",

@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tools.bench.report import Column, machine_info, markdown_table, text_table, write_result  # noqa: E402
+from tools.bench.report import (SYSTEM_BENCH_BASE, Column, machine_info, markdown_table, text_table,  # noqa: E402
+                                write_result)
 
 DEFAULT_OUT = ROOT / "tools" / "bench" / "results" / "churn.json"
 BASE_CONFIG = ROOT / "configs" / "quickstart.yaml"
@@ -111,8 +112,9 @@ def run_once(name: str, *, actors: int, kill_every_s: float, window_s: float, wa
         shutil.rmtree(run_dir)
     (run_dir / "logs").mkdir(parents=True)
     port, store_port = free_port(), free_port()
-    cfg = load_config(BASE_CONFIG, OVERRIDES + list(overrides) + [f"run_dir={run_dir}", f"model.path={MODEL_DIR}",
-                                                f"learner.port={port}", f"learner.weight_store_port={store_port}"])
+    cfg = load_config(BASE_CONFIG, SYSTEM_BENCH_BASE + OVERRIDES + list(overrides) + [
+        f"run_dir={run_dir}", f"model.path={MODEL_DIR}", f"learner.port={port}",
+        f"learner.weight_store_port={store_port}"])
     config_path = run_dir / "bench-config.yaml"
     config_path.write_text(cfg.to_yaml())
     address = f"127.0.0.1:{port}"

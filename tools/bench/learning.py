@@ -45,7 +45,7 @@ DEFAULT_OUT = ROOT / "tools" / "bench" / "results" / "learning.json"
 BASE_CONFIG = ROOT / "configs" / "quickstart.yaml"
 MODEL_DIR = ROOT / "runs" / "bench" / "tiny-model"
 WORKDIR = ROOT / "runs" / "bench" / "learning"
-RATIOS = {
+RATIOS = {  # (runs start from tools.bench.report.SYSTEM_BENCH_BASE: no group filtering unless a ratio asks)
     "gspo": ["importance_sampling=seq", "pg_clip_low=0.0003", "pg_clip_high=0.0004"],
     "token": ["importance_sampling=token", "pg_clip_low=0.2", "pg_clip_high=0.27"],
 }
@@ -103,6 +103,17 @@ def curve(run_dir: Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- figures
+DROP_AFTER_STEP = 100  # stability: the largest fall between consecutive evaluations from this step on
+STABILITY_GOAL = 0.10  # ... at most this (ten points of accuracy)
+
+
+def largest_drop(evals: list[dict], after_step: int = DROP_AFTER_STEP) -> Optional[float]:
+    """The largest fall in accuracy from one evaluation to the next, among evaluations at or after `after_step`
+    (0 when it never falls; None with fewer than two such evaluations)."""
+    late = [e["accuracy"] for e in evals if e["step"] >= after_step]
+    return max([0.0, *(a - b for a, b in zip(late, late[1:]))]) if len(late) > 1 else None
+
+
 def time_to(evals: list[dict], target: float) -> tuple[Optional[float], Optional[int]]:
     """(seconds, step) of the first evaluation at or above `target` after the start; (None, None) if never."""
     for e in evals[1:]:
@@ -141,6 +152,7 @@ def aggregate(runs: list[dict], target: Optional[float], target_frac: float) -> 
                 "final_acc_se": statistics.stdev(finals) / math.sqrt(len(finals)) if len(finals) > 1 else None,
                 "peak_acc": statistics.fmean(peaks),
                 "drop_from_peak": statistics.fmean(p - f for p, f in zip(peaks, finals)),
+                "largest_drop": max((d for r in cell if (d := largest_drop(r["evals"])) is not None), default=None),
                 "ended_below_start": sum(f < r["evals"][0]["accuracy"] for f, r in zip(finals, cell)),
                 "staleness_mean": statistics.fmean(r["staleness_mean"] or 0 for r in cell),
                 "clipfrac": statistics.fmean(r["clipfrac_mean"] or 0 for r in cell),
@@ -160,8 +172,10 @@ COLUMNS: list[Column] = [
     ("steps_to_target", "steps to target", ".0f"), ("speedup_vs_sync", "vs sync (time)", ".2f"),
     ("final_acc", "final acc", ".3f"), ("final_acc_se", "+- s.e.", ".3f"), ("final_acc_min", "worst seed", ".3f"),
     ("peak_acc", "peak acc", ".3f"),
-    ("drop_from_peak", "peak - final", ".3f"), ("ended_below_start", "ended below start", "d"),
-    ("clipfrac", "clipfrac tok", ".3f"), ("clipfrac_seq", "clipfrac seq", ".3f"), ("steps_per_s", "steps/s", ".2f")]
+    ("drop_from_peak", "peak - final", ".3f"),
+    ("largest_drop", f"largest fall between evaluations from step {DROP_AFTER_STEP}", ".3f"),
+    ("ended_below_start", "ended below start", "d"), ("clipfrac", "clipfrac tok", ".3f"),
+    ("clipfrac_seq", "clipfrac seq", ".3f"), ("steps_per_s", "steps/s", ".2f")]
 
 
 def plot(result: dict[str, Any], img_dir: Path = IMG) -> list[str]:
@@ -278,8 +292,11 @@ def main() -> int:
 def finish(result: dict[str, Any], args: argparse.Namespace) -> None:
     """Aggregate the runs of `result`, draw the curves, print the table and write the JSON."""
     rows, target, start_acc = aggregate(result["runs"], args.target, args.target_frac)
+    synchronous = any(r["ratio"] == "gspo" and r["max_staleness"] == 0 for r in result["runs"])
     rule = ("given" if args.target is not None else
-            f"start + {args.target_frac:g} x (synchronous GSPO's mean final accuracy - start)")
+            f"start + {args.target_frac:g} x ("
+            + ("synchronous GSPO's mean final accuracy" if synchronous else "the best final accuracy of these runs")
+            + " - start)")
     result.update(target=target, target_rule=rule, start_accuracy=start_acc, rows=rows)
     result["plots"] = plot(result, args.img_dir)
     print()
@@ -318,6 +335,12 @@ def findings(rows: list[dict]) -> list[str]:
                    f"{'fell' if drop >= 0 else 'rose'} by {abs(drop):.3f} +- {se:.3f} (standard error over "
                    f"{lo['seeds']} seeds, evaluation and training noise together): "
                    f"{abs(drop) / max(se, 1e-9):.1f} standard errors.")
+    for r in rows:
+        if r.get("largest_drop") is not None:
+            out.append(f"- {r['ratio']} at max staleness {r['max_staleness']}: the largest fall in held-out accuracy "
+                       f"between consecutive evaluations from step {DROP_AFTER_STEP} on, over {r['seeds']} seeds, is "
+                       f"{r['largest_drop']:.3f} (goal at most {STABILITY_GOAL:.2f}: "
+                       f"{'met' if r['largest_drop'] <= STABILITY_GOAL else 'NOT met'}).")
     return out + ([""] if out else [])
 
 

@@ -42,7 +42,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from gspo_async.process import rss_mb  # noqa: E402
-from tools.bench.report import Column, machine_info, markdown_table, text_table, write_result  # noqa: E402
+from tools.bench.report import (SYSTEM_BENCH_BASE, Column, machine_info, markdown_table, text_table,  # noqa: E402
+                                write_result)
 
 DEFAULT_OUT = ROOT / "tools" / "bench" / "results" / "pipeline.json"
 BASE_CONFIG = ROOT / "configs" / "quickstart.yaml"
@@ -148,8 +149,9 @@ def launch(name: str, overrides: list[str], *, engine: str, actors: int, setting
         shutil.rmtree(run_dir)
     (run_dir / "logs").mkdir(parents=True)
     port, store_port = free_port(), free_port()
-    cfg = load_config(base_config, overrides + [f"run_dir={run_dir}", f"model.path={MODEL_DIR}",
-                                                f"learner.port={port}", f"learner.weight_store_port={store_port}"])
+    cfg = load_config(base_config, SYSTEM_BENCH_BASE + overrides + [
+        f"run_dir={run_dir}", f"model.path={MODEL_DIR}", f"learner.port={port}",
+        f"learner.weight_store_port={store_port}"])
     config_path = run_dir / "bench-config.yaml"
     config_path.write_text(cfg.to_yaml())
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",

@@ -21,6 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "tools" / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
 IMG = ROOT / "docs" / "img"
+# The settings the system benchmarks (pipeline, learning, churn, evaluation, precision) were designed and published
+# with, put in front of each run's own overrides: the quickstart config they start from now filters zero-variance
+# groups (which would drop every group of a simulated actor's scoreless responses) and admits one version of lag.
+SYSTEM_BENCH_BASE = ["filter_groups.enabled=false", "off_policy.max_staleness=2"]
 
 Column = tuple[Union[str, Callable[[dict], Any]], str, Optional[str]]
 
@@ -190,12 +194,15 @@ def _shown_args(argv: list[str]) -> str:
 
 def render_benchmarks(results_dir: Path = RESULTS, doc_dir: Path = DOC.parent, quick: bool = False) -> str:
     """The whole benchmarks document from the JSON results in `results_dir` (links relative to `doc_dir`)."""
-    from tools.bench import churn, fleet_eval, learning, microbatch, peer_trl, pipeline, precision  # they import it
+    from tools.bench import (churn, fleet_eval, learning, microbatch, peer_trl, pipeline, precision,  # they import it
+                             profile_step)
     from tools.gpu.smoke_vllm import render_markdown as render_vllm_smoke
     found = {name: load_result(name, results_dir) for name in ("pipeline", "learning", "transport", "weights",
                                                                "logprobs", "vllm_smoke", "microbatch", "churn",
                                                                "precision", "learning_filter", "fleet_eval",
-                                                               "peer_trl-arithmetic", "peer_trl-sort")}
+                                                               "peer_trl-arithmetic", "peer_trl-sort", "profile_step",
+                                                               "stability-s2", "stability-filter-s1")}
+    found["peer_trl-levers"] = peer_trl.load_levers("arithmetic", results_dir)
     # the other benchmarks' own "machine" may be a string (platform.machine()): only dicts describe one
     machines = [r["machine"] for r in found.values() if r and isinstance(r.get("machine"), dict)]
     when = sorted(m["time"] for m in machines)
@@ -211,7 +218,14 @@ def render_benchmarks(results_dir: Path = RESULTS, doc_dir: Path = DOC.parent, q
             "adds noise; the load average at the start of each benchmark is in its JSON.", ""]
     sections = [("peer_trl-arithmetic", "Side by side with TRL: time to accuracy (quickstart task)",
                  peer_trl.render_markdown),
+                ("peer_trl-levers", "Levers tried on the quickstart task", peer_trl.render_levers),
                 ("peer_trl-sort", "Side by side with TRL: time to accuracy (sort task)", peer_trl.render_markdown),
+                ("profile_step", "Where a step's time goes: the quickstart's processes under cProfile",
+                 lambda r, d: profile_step.render_markdown(r, d, load_result("profile_step-before", results_dir))),
+                ("stability-s2", "Stability: the previous quickstart settings (max_staleness 2, no filtering)",
+                 lambda r, d: learning.render_markdown({**r, "plots": []}, d)),
+                ("stability-filter-s1", "Stability: the quickstart's settings (filter_groups, max_staleness 1)",
+                 lambda r, d: learning.render_markdown({**r, "plots": []}, d)),
                 ("pipeline", "Pipeline: synchronous vs asynchronous", pipeline.render_markdown),
                 ("learning", "Learning: time to accuracy, GSPO vs token-level ratios under staleness",
                  learning.render_markdown),
@@ -224,7 +238,12 @@ def render_benchmarks(results_dir: Path = RESULTS, doc_dir: Path = DOC.parent, q
                 ("churn", "Actor churn: killed actors against the learner's pace", churn.render_markdown),
                 ("precision", "Learner precision: fp32 vs bf16 autocast vs pure bf16", precision.render_markdown),
                 ("vllm_smoke", "vLLM actor smoke test (GPU)", lambda r, _: render_vllm_smoke(r))]
-    missing = {"peer_trl-sort": "(not run yet: `PYTHONPATH=. python tools/bench/peer_trl.py --task sort`)",
+    stability = ("(not run yet: `PYTHONPATH=. python tools/bench/learning.py --seeds 0,1,2 --steps 300 --eval-every 25 "
+                 "--out tools/bench/results/{}.json ...`, see tools/bench/run_all)")
+    missing = {"stability-s2": stability.format("stability-s2"),
+               "stability-filter-s1": stability.format("stability-filter-s1"),
+               "peer_trl-levers": "(no variants run yet: `tools/bench/peer_trl.py --skip-trl --tag NAME --set ...`)",
+               "peer_trl-sort": "(not run yet: `PYTHONPATH=. python tools/bench/peer_trl.py --task sort`)",
                "vllm_smoke": "(not run yet: no GPU has been lent. `bash tools/gpu/smoke.sh` on a GPU machine "
                              "writes `vllm_smoke.json`; copy it to tools/bench/results/)"}
     body = []

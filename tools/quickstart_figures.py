@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the tools' shared helpers
-import doc_markers  # noqa: E402
+import figure_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "docs" / "quickstart-figures.json"
@@ -41,10 +40,7 @@ def measure() -> dict[str, Any]:
     cfg = load_config(ROOT / CONFIG)
     for path in (ROOT / cfg.run_dir, ROOT / cfg.model.path):  # a fresh start, as after `rm -rf runs/`
         shutil.rmtree(path, ignore_errors=True)
-    load = os.getloadavg()[0]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
+    where = figure_records.provenance(ROOT)
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "gspo_async", "local", CONFIG], cwd=ROOT)
     wall = time.monotonic() - start
@@ -53,9 +49,7 @@ def measure() -> dict[str, Any]:
     summary = json.loads((ROOT / cfg.run_dir / "summary.json").read_text())
     return {"eval_accuracy": [[int(s), float(a)] for s, a in summary["eval_accuracy"]], "steps": summary["steps"],
             "config_sha256": config_digest(),
-            "wall_s": round(wall, 1), "cpus": os.cpu_count(), "load_1min_before": round(load, 2),
-            "commit": commit.strip() + ("+changes" if dirty else ""),
-            "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "wall_s": round(wall, 1), **where, "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
 def config_digest() -> str:
@@ -80,7 +74,7 @@ def render(record: dict[str, Any]) -> str:
 
 
 def rewrite(doc: str, table: str) -> str:
-    return doc_markers.rewrite(doc, BEGIN, END, table, "README.md")
+    return figure_records.rewrite(doc, BEGIN, END, table, "README.md")
 
 
 def load() -> dict[str, Any]:

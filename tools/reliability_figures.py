@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the tools' shared helpers
-import doc_markers  # noqa: E402
+import figure_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACT = ROOT / "test-artifacts" / "reliability.json"
@@ -115,7 +115,7 @@ def merge(figures: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 def rewrite(doc: str, table: str) -> str:
-    return doc_markers.rewrite(doc, BEGIN, END, table, DOC.name)
+    return figure_records.rewrite(doc, BEGIN, END, table, DOC.name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the tools' shared helpers
-import doc_markers  # noqa: E402
+import figure_records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "docs" / "test-timing.json"
@@ -55,10 +54,7 @@ def parse_summary(output: str) -> dict[str, Any]:
 def measure(tier: str, cwd: Path, extra: list[str]) -> dict[str, Any]:
     """Run the tier's command in `cwd`, echoing its output, and return the record."""
     cmd = ["bash", "tools/test.sh", *TIERS[tier], *extra]
-    load = os.getloadavg()[0]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
-                           text=True).stdout.strip()
+    where = figure_records.provenance(cwd)
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = []
@@ -68,8 +64,7 @@ def measure(tier: str, cwd: Path, extra: list[str]) -> dict[str, Any]:
     rc = proc.wait()
     wall = time.monotonic() - start
     return {"command": " ".join(cmd[:2] + [f'"{a}"' if " " in a else a for a in cmd[2:]]), "exit_code": rc,
-            "wall_s": round(wall, 1), **parse_summary("".join(out)), "cpus": os.cpu_count(),
-            "load_1min_before": round(load, 2), "commit": commit.strip() + ("+changes" if dirty else ""),
+            "wall_s": round(wall, 1), **parse_summary("".join(out)), **where,
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
@@ -99,7 +94,7 @@ def render(figures: dict[str, dict[str, Any]]) -> str:
 
 
 def rewrite(doc: str, table: str) -> str:
-    return doc_markers.rewrite(doc, BEGIN, END, table, "README.md")
+    return figure_records.rewrite(doc, BEGIN, END, table, "README.md")
 
 
 def load() -> dict[str, dict[str, Any]]:

@@ -131,13 +131,16 @@ def _stop(procs: list[subprocess.Popen], grace_s: float = 45.0) -> None:
 
 def launch(name: str, overrides: list[str], *, engine: str, actors: int, settings: Optional[dict],
            base_config: Path, timeout_s: float, startup_timeout_s: float = 180.0,
-           workdir: Path = WORKDIR) -> dict[str, Any]:
+           workdir: Path = WORKDIR, base_overrides: Optional[list[str]] = None,
+           profile: bool = False) -> dict[str, Any]:
     """Run one learner + `actors` actors to completion; returns the run directory and the learner's RSS samples.
 
     The processes are those `gspo-async local` starts (simulated actors: threads of ``python -m
     gspo_async.actor.swarm`` processes). Once the learner has finished, the actors get SIGTERM and a few seconds
     before SIGKILL: their graceful stop waits for acknowledgements a finished learner no longer sends, and nothing
-    they hold counts.
+    they hold counts. `base_overrides` go before `overrides` (default: SYSTEM_BENCH_BASE). With `profile`, every
+    process runs under cProfile, which writes ``<run_dir>/<log name>.prof`` on its clean exit (so the actors get a
+    full minute to stop).
     """
     from gspo_async.config import load_config
     from gspo_async.local import free_port
@@ -149,7 +152,8 @@ def launch(name: str, overrides: list[str], *, engine: str, actors: int, setting
         shutil.rmtree(run_dir)
     (run_dir / "logs").mkdir(parents=True)
     port, store_port = free_port(), free_port()
-    cfg = load_config(base_config, SYSTEM_BENCH_BASE + overrides + [
+    base = SYSTEM_BENCH_BASE if base_overrides is None else base_overrides
+    cfg = load_config(base_config, base + overrides + [
         f"run_dir={run_dir}", f"model.path={MODEL_DIR}", f"learner.port={port}",
         f"learner.weight_store_port={store_port}"])
     config_path = run_dir / "bench-config.yaml"
@@ -158,22 +162,23 @@ def launch(name: str, overrides: list[str], *, engine: str, actors: int, setting
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     logs = []
 
-    def start(cmd: list[str], log_name: str) -> subprocess.Popen:
+    def start(module: str, args: list[str], log_name: str) -> subprocess.Popen:
         log = open(run_dir / "logs" / log_name, "wb")
         logs.append(log)
-        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        prefix = ["-m", "cProfile", "-o", str(run_dir / f"{Path(log_name).stem}.prof")] if profile else []
+        return subprocess.Popen([sys.executable, *prefix, "-m", module, *args], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
 
     t0 = time.time()
-    learner = start([sys.executable, "-m", "gspo_async", "learner", str(config_path)], "learner.log")
+    learner = start("gspo_async", ["learner", str(config_path)], "learner.log")
     address = f"{cfg.learner.host}:{port}"
     ids = [f"actor-{i}" for i in range(actors)]
     if engine == "hf":
-        procs = [start([sys.executable, "-m", "gspo_async", "actor", "--learner", address, "--id", i], f"{i}.log")
-                 for i in ids]
+        procs = [start("gspo_async", ["actor", "--learner", address, "--id", i], f"{i}.log") for i in ids]
     else:
         chunks = [ids[i:i + ACTORS_PER_PROCESS] for i in range(0, len(ids), ACTORS_PER_PROCESS)]
-        procs = [start([sys.executable, "-m", "gspo_async.actor.swarm", "--learner", address, "--ids",
-                        ",".join(chunk), "--simulated", json.dumps(settings)], f"sim-actors-{k}.log")
+        procs = [start("gspo_async.actor.swarm", ["--learner", address, "--ids", ",".join(chunk), "--simulated",
+                                                  json.dumps(settings)], f"sim-actors-{k}.log")
                  for k, chunk in enumerate(chunks)]
     rss: list[tuple[float, float]] = []
     first_step = False
@@ -191,7 +196,7 @@ def launch(name: str, overrides: list[str], *, engine: str, actors: int, setting
             time.sleep(0.5)
     finally:
         _stop([learner], grace_s=60)
-        _stop(procs, grace_s=5)
+        _stop(procs, grace_s=60 if profile else 5)
         for log in logs:
             log.close()
     if learner.returncode != 0 or not (run_dir / "summary.json").is_file():

@@ -33,13 +33,8 @@ Results: tools/bench/results/profile_step[-TAG].json and the table printed.
 from __future__ import annotations
 
 import argparse
-import os
 import pstats
-import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +46,8 @@ from tools.bench.report import Column, machine_info, markdown_table, text_table,
 
 WORK = ROOT / "runs" / "bench" / "profile_step"
 
-# (part, [(file suffix, function name)]): the cumulative time of the named functions (the first that matches wins
-# when they nest: listed from inner to outer is not needed, these do not nest in one another)
+# (part, [(file suffix, function name)]): the summed cumulative time of the named functions; the parts of one
+# process do not nest in one another, except the train step's, whose remainder is "rest of the step"
 LEARNER_PARTS = [
     ("forward", [("learner/trainer.py", "response_logprobs")]),
     ("backward", [("backends/torch_backend.py", "backward")]),
@@ -63,6 +58,8 @@ LEARNER_PARTS = [
     ("telemetry", [("telemetry/registry.py", "log"), ("learner/main.py", "_log_progress"),
                    ("learner/main.py", "fleet_metrics")]),
 ]
+TRAIN_STEP = ("train step", [("learner/trainer.py", "train_step")])
+TRAIN_STEP_PARTS = ("forward", "backward", "optimiser")
 ACTOR_PARTS = [
     ("generation", [("engines/hf.py", "generate")]),
     ("reward", [("tasks/scoring.py", "score_groups")]),
@@ -81,82 +78,40 @@ def cumulative(stats: pstats.Stats, targets: list[tuple[str, str]]) -> float:
     return total
 
 
-def split(profile: Path, parts: list[tuple[str, list[tuple[str, str]]]], whole: list[tuple[str, str]],
-          inner: dict[str, list[str]]) -> dict[str, float]:
-    """Seconds per part of one process's main thread; `whole` names the function whose time is the profiled total
-    (the role's run loop), `inner` parts nested in a composite part (train step = forward + backward + ...)."""
+def split(profile: Path, parts: list[tuple[str, list[tuple[str, str]]]], whole: list[tuple[str, str]]
+          ) -> dict[str, float]:
+    """Seconds per part of one process's main thread, and under "total" those of `whole` (the role's run loop)."""
     stats = pstats.Stats(str(profile))
-    out = {name: cumulative(stats, targets) for name, targets in parts}
-    out["total"] = cumulative(stats, whole)
-    for composite, members in inner.items():
-        out[composite] = out.get(composite, 0.0) - sum(out[m] for m in members)
-    return out
-
-
-def start_roles(cfg_path: Path, run_dir: Path, actors: int, profile: bool, env: dict[str, str]):
-    """The learner and actors as `gspo-async local` starts them (gspo_async/local.py), optionally under cProfile."""
-    def cmd(name: str, *args: str) -> list[str]:
-        prefix = ["-m", "cProfile", "-o", str(run_dir / f"{name}.prof")] if profile else []
-        return [sys.executable, *prefix, "-m", "gspo_async", *args]
-
-    from gspo_async.config import load_config
-
-    port = load_config(str(cfg_path)).learner.port
-    learner = subprocess.Popen(cmd("learner", "learner", str(cfg_path)), env=env, cwd=ROOT,
-                               stdout=open(run_dir / "learner.log", "wb"), stderr=subprocess.STDOUT)
-    fleet = [subprocess.Popen(cmd(f"actor-{i}", "actor", "--learner", f"127.0.0.1:{port}", "--id", f"actor-{i}"),
-                              env=env, cwd=ROOT, stdout=open(run_dir / f"actor-{i}.log", "wb"),
-                              stderr=subprocess.STDOUT) for i in range(actors)]
-    return learner, fleet
+    return {**{name: cumulative(stats, targets) for name, targets in parts}, "total": cumulative(stats, whole)}
 
 
 def run_once(args: argparse.Namespace, profile: bool) -> dict[str, Any]:
+    """One run of the config as is (tools.bench.pipeline.launch, none of the system benchmarks' base settings);
+    its steps/s from the end of step 1 (start-up left out) and, when profiled, each process's parts."""
     from gspo_async.bootstrap import ensure_model
     from gspo_async.config import load_config
-    from gspo_async.local import _child_env, free_port
-    from gspo_async.telemetry.registry import read_metrics
+    from tools.bench.pipeline import MODEL_DIR, launch, step_records
 
-    run_dir = WORK / (("profiled" if profile else "plain") + (f"-{args.tag}" if args.tag else ""))
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    overrides = [f"run_dir={run_dir}", f"learner.total_steps={args.steps}", "learner.eval_every=0",
-                 "learner.checkpoint.every=0", "telemetry.dashboard_port=null", f"learner.port={free_port()}",
-                 f"learner.weight_store_port={free_port()}", *args.set]
-    cfg = load_config(args.config, overrides)
-    env = {**_child_env(), "PYTHONPATH": str(ROOT)}
-    for key, value in env.items():
-        os.environ.setdefault(key, value)
+    cfg = load_config(args.config, [f"model.path={MODEL_DIR}", *args.set])
     ensure_model(cfg)
-    cfg_path = run_dir / "config.yaml"
-    cfg_path.write_text(cfg.to_yaml())
-    learner, fleet = start_roles(cfg_path, run_dir, cfg.local.num_actors, profile, env)
-    try:
-        code = learner.wait(timeout=args.steps * 10 + 300)
-    finally:
-        for proc in fleet:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)  # cProfile writes its file on the clean exit
-        for proc in fleet:
-            proc.wait(timeout=120)
-    if code != 0:
-        raise RuntimeError(f"the learner exited with {code}: {(run_dir / 'learner.log').read_text()[-3000:]}")
-    rows = [r for r in read_metrics(run_dir) if r.get("role") == "learner" and r.get("step", 0) >= 1]
-    first, last = rows[0], rows[-1]  # steps/s from the end of step 1 (start-up left out)
+    name = ("profiled" if profile else "plain") + (f"-{args.tag}" if args.tag else "")
+    run = launch(name, [f"learner.total_steps={args.steps}", "learner.eval_every=0", "learner.checkpoint.every=0",
+                        "telemetry.dashboard_port=null", *args.set], engine="hf", actors=cfg.local.num_actors,
+                 settings=None, base_config=Path(args.config), timeout_s=args.steps * 10 + 300, workdir=WORK,
+                 base_overrides=[], profile=profile)
+    recs = step_records(run["run_dir"])
+    first, last = recs[min(recs)], recs[max(recs)]
     result: dict[str, Any] = {"steps_per_s": (last["step"] - first["step"]) / max(last["time"] - first["time"], 1e-9)}
     if profile:
-        learner_parts = split(run_dir / "learner.prof", LEARNER_PARTS + [("train step", [("learner/trainer.py",
-                                                                                          "train_step")])],
-                              [("learner/main.py", "run")],
-                              {"train step": ["forward", "backward", "optimiser"]})
-        learner_parts["rest of the step"] = learner_parts.pop("train step")
-        named = sum(v for k, v in learner_parts.items() if k != "total")
-        learner_parts["bookkeeping"] = learner_parts["total"] - named
-        actor_parts = [split(run_dir / f"actor-{i}.prof", ACTOR_PARTS, [("actor/main.py", "run")], {})
-                       for i in range(cfg.local.num_actors)]
-        for parts in actor_parts:
+        run_dir = run["run_dir"]
+        learner = split(run_dir / "learner.prof", LEARNER_PARTS + [TRAIN_STEP], [("learner/main.py", "run")])
+        learner["rest of the step"] = learner.pop(TRAIN_STEP[0]) - sum(learner[k] for k in TRAIN_STEP_PARTS)
+        learner["bookkeeping"] = learner["total"] - sum(v for k, v in learner.items() if k != "total")
+        actors = [split(run_dir / f"actor-{i}.prof", ACTOR_PARTS, [("actor/main.py", "run")])
+                  for i in range(cfg.local.num_actors)]
+        for parts in actors:
             parts["other"] = parts["total"] - sum(v for k, v in parts.items() if k != "total")
-        result.update(learner=learner_parts, actors=actor_parts)
+        result.update(learner=learner, actors=actors)
     return result
 
 

@@ -181,6 +181,10 @@ class WeightSyncConfig(_Section):
                              "acknowledged) is left out of broadcasts for a while, so one broken receiver cannot "
                              "stall the fleet's weights: timeout_s after a first failure, doubling up to exclude_s "
                              "(0 = never leave anyone out).")
+    join_wait_s: float = Field(5.0, ge=0, description="Actors that join wait for the broadcast group's next rebuild "
+                               "(a death forces one) for at most this long before their arrival forces one: each "
+                               "rebuild pauses every actor's weights, so a fleet whose dead actors are replaced pays "
+                               "one rebuild per death instead of two. 0 = a newcomer joins at once.")
     background: bool = Field(True, description="Broadcast on a thread of its own so that no training step waits "
                              "for one; costs one copy of the weights (broadcast dtype, learner device). false: "
                              "every step waits for its broadcast, as in a synchronous trainer.")

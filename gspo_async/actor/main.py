@@ -88,6 +88,19 @@ class Actor:
         raw = apply_overrides(raw, _actor_overrides(self.local_overrides))
         self.cfg = config_from_dict(raw, source="learner welcome")
         setup_process(self.cfg.actor.threads)
+        from gspo_async.weights import WeightReceiverThread, WeightSubscriber
+
+        # The weight store first: a learner that went away again fails here (ConnectionError), before any work.
+        if self.weights is not None:
+            self.weights.stop()
+            self.weights = None
+        host, port = welcome.weight_store
+        backend = self.cfg.learner.weight_sync.resolve_backend(self.cfg.actor.device)
+        # the id the learner assigned (another live process may hold the requested one): broadcasts name it
+        subscriber = WeightSubscriber(host, int(port), self.client.actor_id,
+                                      timeout_s=self.cfg.learner.weight_sync.timeout_s,
+                                      device=self.cfg.actor.device, backend=backend)
+        self.weights = WeightReceiverThread(subscriber).start()  # holds the newest version until the engine is up
         model_dir = Path(tempfile.mkdtemp(prefix=f"gspo-actor-{self.actor_id}-"))
         for name, data in welcome.model_files.items():
             (model_dir / Path(name).name).write_bytes(data)
@@ -95,22 +108,35 @@ class Actor:
             # transformers' lazy modules are not safe to import from two threads at once ("cannot import name
             # 'AutoConfig'"): the engine build starts after the background import has finished
             self._preload.join()
+        if self.engine is not None:
+            self.engine.close()  # a reconfigure (learner restart) replaces it
         self.engine = self._build_engine(model_dir)
         if getattr(self, "reward", None) is not None:
             self.reward.close()  # a reconfigure (learner restart) must not leak the old worker pool
         self.reward = reward_runner_from_config(self.cfg.task, task_from_config(self.cfg.task))
-        from gspo_async.weights import WeightReceiverThread, WeightSubscriber
-
-        host, port = welcome.weight_store
-        if self.weights is not None:
-            self.weights.stop()
-        backend = self.cfg.learner.weight_sync.resolve_backend(self.cfg.actor.device)
-        # the id the learner assigned (another live process may hold the requested one): broadcasts name it
-        subscriber = WeightSubscriber(host, int(port), self.client.actor_id,
-                                      timeout_s=self.cfg.learner.weight_sync.timeout_s,
-                                      device=self.cfg.actor.device, backend=backend)
-        self.weights = WeightReceiverThread(subscriber).start()
         self.session = welcome.session
+
+    def _reconfigure(self) -> bool:
+        """Set up for a restarted learner (its config, model files and weight store). Returns False when its weight
+        store did not answer (it stopped again, or is still starting): the loop tries again after the client's
+        next registration, and the actor keeps running meanwhile."""
+        print(f"[actor {self.actor_id}] learner restarted; re-configuring", flush=True)
+        try:
+            self._configure(self.client.welcome)
+            return True
+        except ConnectionError as err:
+            print(f"[actor {self.actor_id}] could not set up with the restarted learner: {err}; waiting for it to "
+                  "answer again", flush=True)
+            self.stop.event.wait(1.0)  # the client re-registers on its own thread; no busy retry meanwhile
+            return False
+
+    def _wait_for_weights(self, wait_s: float) -> None:
+        """Wait up to `wait_s` for a version to apply; a receiver that ended (the learner went away) is not polled
+        (that would spin): the loop waits for the next learner instead."""
+        if self.weights is None or self.weights.error is not None:
+            self.stop.event.wait(wait_s)
+        else:
+            self.apply_pending_weights(wait_s=wait_s)
 
     def _build_engine(self, model_dir: Path):
         from gspo_async.engines.factory import build_engine
@@ -161,24 +187,21 @@ class Actor:
             print(f"[actor {self.actor_id}] stopped ({self.stop.reason}) before a learner answered; nothing to keep",
                   flush=True)
             return 0
-        self._configure(welcome)
-        cfg = self.cfg
-        print(f"[actor {self.actor_id}] connected to {self.learner}; engine {cfg.actor.engine}; waiting for weights",
-              flush=True)
-        while self.engine.version < 0 and not self.stop.is_set():  # generate nothing before the first weights
-            self.apply_pending_weights(wait_s=0.5)
-        sampling = SamplingSettings(temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
-                                    top_k=cfg.sampling.top_k, max_new_tokens=cfg.response_length)
+        self._configure(welcome)  # a first learner whose weight store does not answer is a setup error: raise
+        print(f"[actor {self.actor_id}] connected to {self.learner}; engine {self.cfg.actor.engine}; waiting for "
+              "weights", flush=True)
         window: list[tuple[float, int, int]] = []  # (time, tokens, groups) for recent rates
         started, busy_s = time.time(), 0.0
         while not self.stop.is_set():
             if self.client.learner_session != self.session:  # the learner restarted: new config, new weight store
-                print(f"[actor {self.actor_id}] learner restarted; re-configuring", flush=True)
-                self._configure(self.client.welcome)
-                while self.engine.version < 0 and not self.stop.is_set():
-                    self.apply_pending_weights(wait_s=0.5)
-                if self.stop.is_set():  # stopped while waiting for weights: generate nothing with none
-                    break
+                if not self._reconfigure():
+                    continue
+            if self.engine.version < 0:  # generate nothing before this learner's first weights
+                self._wait_for_weights(0.5)
+                continue
+            cfg = self.cfg
+            sampling = SamplingSettings(temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+                                        top_k=cfg.sampling.top_k, max_new_tokens=cfg.response_length)
             self.apply_pending_weights()
             # The learner holds the request until admission opens (a new version), so no polling loop here.
             # a silent learner will not answer: ask in short waits so that a stop is seen within a second

@@ -190,7 +190,9 @@ class WeightBroadcaster:
                retry: bool = True) -> None:
         """One round to the current members; on failure, one retry at once without the dead and the held-out."""
         members = self._members()
+        generation = self.publisher.generation
         result = self.publisher.publish(tensors, version, members, alive=self.reachable)
+        self.registry.inc("weights/group_builds", float(self.publisher.generation - generation))
         with self._cond:
             self._last = {"weights/sync_s": result.seconds, "weights/bytes": float(result.nbytes),
                           "weights/transfer_s": max(result.seconds - result.group_seconds, 0.0)}

@@ -200,8 +200,12 @@ class Coordinator:
     def leases_of(self, actor_id: str) -> list[int]:
         return [pid for pid in self._leased if self._open[pid].holder == actor_id]
 
-    def live_actor_ids(self) -> list[str]:
-        return list(self._actors)
+    def live_actor_ids(self, heard_within_s: Optional[float] = None) -> list[str]:
+        """Actors not declared dead; with `heard_within_s`, only those heard from within that many seconds."""
+        if heard_within_s is None:
+            return list(self._actors)
+        now = self.clock()
+        return [a.actor_id for a in self._actors.values() if now - a.last_contact <= heard_within_s]
 
     # ----------------------------------------------------------------------------------------------- leases
     def lease(self, actor_id: str, n: int) -> tuple[list[Prompt], str]:

@@ -31,6 +31,7 @@ from gspo_async.learner.coordinator import Coordinator
 from gspo_async.learner.evaluation import FleetEvaluation
 from gspo_async.learner.guards import (
     HANDSHAKE_IVL_MS, STATUS_BURST, STATUS_RATE_PER_S, Parked, RateLimitedLog, TokenBucket, actor_config, wire_rate)
+from gspo_async.learner.reachability import Reachability
 from gspo_async.protocol.auth import CurveServerKeys, apply_server_keys, check_bind, is_loopback, start_authenticator
 from gspo_async.protocol.codec import DEFAULT_FRAME_THRESHOLD, decode, encode
 from gspo_async.protocol.gate import MAX_FRAMES, FrameGate, source_fd
@@ -95,7 +96,7 @@ class LearnerServer:
         # monitor socket, by file descriptor; the descriptor each routing id last spoke through maps it to the
         # actor, which leaves the weight broadcasts until it is heard from again (heartbeats decide its leases).
         self._fds: dict[bytes, int] = {}  # routing id -> socket descriptor of its last message
-        self._cut: set[str] = set()  # actors whose connection closed since their last message
+        self._reach = Reachability(heartbeat_interval_s, coordinator.heartbeat_timeout_s, coordinator.clock)
         self._parked: dict[bytes, Parked] = {}
         self._announce: Optional[int] = None
         self._wanted = 0  # groups take_groups still waits for
@@ -248,10 +249,10 @@ class LearnerServer:
         return self._locked(self.coordinator.live_actor_ids)
 
     def reachable_actor_ids(self) -> list[str]:
-        """Live actors whose connection has not closed since their last message: those worth listing in a weight
-        broadcast (a SIGKILLed actor leaves this list at once, long before heartbeats declare it dead)."""
+        """The live actors worth listing in a weight broadcast (learner/reachability.py): a SIGKILLed actor leaves
+        this list at once, or after a few missed heartbeats where its connection's close is not seen."""
         with self._lock:
-            return [a for a in self.coordinator.live_actor_ids() if a not in self._cut]
+            return self._reach.reachable(self.coordinator.live_actor_ids(self._reach.heard_within_s))
 
     def actors(self) -> list[dict[str, Any]]:
         return self._locked(self.coordinator.actors)
@@ -379,7 +380,7 @@ class LearnerServer:
     def _forget(self, actor_id: str) -> None:
         routing = self._routes.pop(actor_id, None)
         with self._lock:
-            self._cut.discard(actor_id)
+            self._reach.forget(actor_id)
             self.evaluation.forget(actor_id)
         if routing is not None:
             self._peers.pop(routing, None)
@@ -404,7 +405,7 @@ class LearnerServer:
             if actor_id is None or self._routes.get(actor_id) != routing:
                 continue
             with self._lock:
-                self._cut.add(actor_id)
+                self._reach.closed(actor_id)
                 released = self.coordinator.orphan(actor_id)  # re-issued now, not after the heartbeat timeout
             self.transport["connections_closed"] += 1
             log.info("actor %s: connection closed; its %d leases are re-issued and it is left out of weight "
@@ -440,9 +441,9 @@ class LearnerServer:
             self.transport["no_source_fd"] += 1
             log.warning("this libzmq does not report a message's socket (ZMQ_SRCFD): a dead actor leaves weight "
                         "broadcasts only when heartbeats declare it dead (learner.heartbeat_timeout_s)")
-        if actor_id in self._cut:  # heard from again: its connection is back
+        if actor_id is not None:
             with self._lock:
-                self._cut.discard(actor_id)
+                self._reach.heard(actor_id)
         try:
             msg = decode(body, limits=self.limits, accept=TO_LEARNER)
             self.transport[f"received_{type(msg).TYPE}"] += 1
@@ -527,7 +528,7 @@ class LearnerServer:
             self._parked.pop(old, None)
         self._peers[routing], self._routes[actor_id] = actor_id, routing
         with self._lock:
-            self._cut.discard(actor_id)
+            self._reach.forget(actor_id)
         log.info("actor %s registered (engine %s%s)", actor_id, msg.engine, f", {address}" if address else "")
         self._send(routing, Welcome(
             actor_id=actor_id, session=self.session, version=version, config=self._config,

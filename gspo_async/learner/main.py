@@ -133,9 +133,9 @@ class Learner:
         except OSError as err:  # the endpoint's own one-line message: port in use, address not ours
             self.publisher.close()
             raise StartupError(str(err)) from None
-        self.weights = WeightBroadcaster(self.publisher, WeightSyncMembership(sync.timeout_s, sync.exclude_s),
-                                         self.server.reachable_actor_ids, self.registry, background=sync.background,
-                                         on_sent=self.server.set_fleet_version)
+        membership = WeightSyncMembership(sync.timeout_s, sync.exclude_s, sync.join_wait_s)
+        self.weights = WeightBroadcaster(self.publisher, membership, self.server.reachable_actor_ids, self.registry,
+                                         background=sync.background, on_sent=self.server.set_fleet_version)
         self.fleet = FleetMetrics(self.server, self.registry, group_size=cfg.num_return_sequences_in_group)
         self.stale_watch = StaleDropWatch(cfg.off_policy.max_staleness)
         self.loop = LoopMetrics()  # busy and wait time, rates over one wall window

@@ -206,6 +206,8 @@ _METRICS: list[Metric] = [
        "syncs"),
     _m("weights/excluded", GAUGE, "actors left out of broadcasts after failing one (weight_sync.exclude_s)",
        "actors"),
+    _m("weights/group_builds", COUNTER, "broadcast process groups built or tried (per change of members)",
+       "groups"),
 ]
 
 # The per-actor family, keyed by suffix: `actor/<id>/<suffix>`.

@@ -402,8 +402,13 @@ class WeightSubscriber:
         self._host, self._port = host, port
         self._abandoned: list[GroupFormation] = []  # rendezvous given up on; joined at close
         connect = timedelta(seconds=max(self.timeout_s, CONNECT_S))
-        self._store: dist.TCPStore | None = dist.TCPStore(host, port, None, False, connect)
-        self._waker: dist.TCPStore | None = dist.TCPStore(host, port, None, False, connect)  # only stop() uses it
+        try:
+            self._store: dist.TCPStore | None = dist.TCPStore(host, port, None, False, connect)
+            self._waker: dist.TCPStore | None = dist.TCPStore(host, port, None, False, connect)  # only stop() uses it
+        except dist.DistError as err:  # refused or timed out: the learner is gone, or the address is wrong
+            raise ConnectionError(f"the learner's weight store at {host}:{port} did not answer within "
+                                  f"{connect.total_seconds():g}s ({type(err).__name__}: {str(err).splitlines()[0]})"
+                                  ) from None
         for store in (self._store, self._waker):
             store.set_timeout(timeout)
         self._notify = f"notify/{self.actor_id}"
@@ -414,8 +419,14 @@ class WeightSubscriber:
         self._gen: int | None = None
         self._min_seq = 0
         self._store_gone = False  # the learner closed or vanished: nothing left to tell it
-        self.start_after()
-        self._store.set(f"present/{self.actor_id}", "1")  # listening from now on: the learner may list us
+        try:
+            self.start_after()
+            self._store.set(f"present/{self.actor_id}", "1")  # listening from now on: the learner may list us
+        except dist.DistError as err:
+            self._store_gone = True
+            self.close(timeout_s=0)
+            raise ConnectionError(f"the learner's weight store at {host}:{port} went away while this actor "
+                                  f"subscribed ({type(err).__name__}: {str(err).splitlines()[0]})") from None
 
     def start_after(self) -> int:
         """Ignore rounds that ended before now (read from sync/latest); return that round number.

@@ -9,7 +9,6 @@ import asyncio
 import copy
 import gc
 import importlib.util
-import socket
 import sys
 import threading
 import time
@@ -26,6 +25,7 @@ from gspo_async.engines.vllm import (EngineNeedsResync, VLLMEngine, VLLMFeatures
                                      weight_metadata)
 from gspo_async.engines.vllm_worker import EXTENSION_CLS, IPC_DEVICE_ARG, decode_host, encode_host, on_device
 from gspo_async.testing.vllm_fake import FakeAsyncLLM, Logprob, RequestOutputKind, SamplingParams, fake_api
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = ["0.24.0", "0.33.0"]
@@ -71,12 +71,6 @@ def wait_until(cond, timeout_s=20.0, what="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.002)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def in_thread(fn):

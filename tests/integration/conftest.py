@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,9 @@ from typing import Callable
 
 import pytest
 
+from tests.support.ports import free_port  # noqa: F401 - re-exported for the tests that import it here
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, procs: tuple = ()) -> object:
@@ -108,7 +103,16 @@ class Cluster:
                 p.wait()
 
     def dump_logs(self) -> str:
-        return "\n".join(f"===== {n}\n{self.log(n)[-3000:]}" for n in self.logs)
+        """Each log's tail, and its first traceback when the tail no longer holds it (the first failure is the
+        cause; what follows, such as a second rank's broken connection, is its consequence)."""
+        parts = []
+        for name in self.logs:
+            text = self.log(name)
+            first = text.find("Traceback")
+            head = (f"(first traceback)\n{text[first:first + 3000]}\n(tail)\n"
+                    if 0 <= first < len(text) - 3000 else "")
+            parts.append(f"===== {name}\n{head}{text[-3000:]}")
+        return "\n".join(parts)
 
 
 @pytest.fixture

@@ -95,7 +95,7 @@ def test_resume_after_sigkill_continues_from_the_saved_step(cluster_factory):
     summary = json.loads((c.run_dir / "summary.json").read_text())
     assert summary["steps"] == saved_step + AFTER_RESUME
     # The actors were never restarted: they reconnected to the new learner by themselves and kept generating.
-    assert all(p.poll() is None for p in c.procs[1:3])
+    assert all(p.poll() is None for p in c.procs[1:3]), c.dump_logs()
     assert "learner restarted" in c.log("a0") + c.log("a1")
     assert summary["accounting"]["balanced"], summary["accounting"]
 

@@ -82,6 +82,7 @@ def test_an_offer_while_a_round_runs_returns_at_once_takes_no_copy_and_the_newes
     assert weights.calls == [True, True]  # one copy per version handed over, none for the offer refused
     values = registry.snapshot()
     assert values["weights/failures"] == 1.0 and values["weights/syncs"] == 1.0
+    assert values["weights/group_builds"] == 1.0  # the group for "a" was attempted; a round to no one needs none
 
 
 def test_the_broadcast_thread_resends_the_held_version_when_an_actor_joins(parts):

@@ -186,6 +186,19 @@ def test_dead_actor_leases_are_reissued_to_others():
     assert c.accounting()["balanced"]
 
 
+def test_live_actors_heard_within_a_window_leave_out_the_silent_ones_without_declaring_them_dead():
+    c, clock = make(heartbeat_timeout_s=10.0)  # make() registers a0
+    c.register("a1", "i1", "fake")
+    clock.t += 2.0
+    c.heartbeat("a1", 0, {})
+    clock.t += 1.5  # a0 silent 3.5 s, a1 1.5 s
+    assert c.live_actor_ids(heard_within_s=3.0) == ["a1"]
+    assert c.live_actor_ids(heard_within_s=3.5) == ["a0", "a1"]  # the bound is inclusive
+    assert c.live_actor_ids() == ["a0", "a1"] and c.tick()["dead"] == []  # silent, not dead
+    c.touch("a0")  # any message brings it back
+    assert c.live_actor_ids(heard_within_s=3.0) == ["a0", "a1"]
+
+
 def test_an_orphaned_actors_leases_go_back_at_once_and_its_late_group_still_counts():
     c, _ = make()
     c.register("a1", "i1", "fake")

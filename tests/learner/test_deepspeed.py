@@ -7,7 +7,6 @@ are accumulated and rank 1 pads its share with a zero-weighted pass.
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from gspo_async.config import config_from_dict
 from gspo_async.learner.backends.deepspeed_backend import DeepSpeedBackend, deepspeed_config
+from tests.support.ports import free_port
 
 WORKER = Path(__file__).with_name("ds_worker.py")
 # Weights: fp32 sums in another order differ by ~1e-7; a lost or double-counted micro-batch moves them by ~1e-2.
@@ -34,12 +34,6 @@ def _load_worker():
 worker = _load_worker()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch(tmp_path: Path, out: str, *args: str, ranks: int = 2, nodes: int = 1) -> dict:
     """Run the worker on `ranks` processes (torchrun, or plain python for 1) and return rank 0's result.
 
@@ -49,7 +43,7 @@ def launch(tmp_path: Path, out: str, *args: str, ranks: int = 2, nodes: int = 1)
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(ext), "OMP_NUM_THREADS": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    port = _free_port()
+    port = free_port()
     worker_args = [str(WORKER), "--engine", "deepspeed", "--out", str(tmp_path / out), *args]
     if ranks == 1 and nodes == 1:
         cmds = [[sys.executable, *worker_args]]

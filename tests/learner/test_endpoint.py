@@ -374,3 +374,40 @@ def test_a_group_of_another_run_is_refused_by_name_not_as_forgery():
     finally:
         peer.close()
         server.close()
+
+
+def test_an_actor_silent_for_three_heartbeats_leaves_the_broadcast_list_until_its_next_message():
+    now = [100.0]
+    server = make_server(clock=lambda: now[0])  # heartbeat interval 0.5 s, declared dead after 5 s
+    peer = RawActor(f"127.0.0.1:{server.port}")
+    try:
+        peer.register("quiet")
+        assert server.reachable_actor_ids() == ["quiet"]
+        now[0] += 3 * 0.5 + 0.01  # three missed heartbeats: probably dead, its close unseen
+        assert server.reachable_actor_ids() == [] and server.live_actor_ids() == ["quiet"]
+        lease(peer, 1)  # heard from again
+        assert server.reachable_actor_ids() == ["quiet"]
+    finally:
+        peer.close()
+        server.close()
+
+
+def test_a_message_read_just_after_its_connections_close_does_not_bring_a_killed_actor_back():
+    now = [100.0]
+    server = make_server(clock=lambda: now[0])  # heartbeat interval 0.5 s
+    peer = RawActor(f"127.0.0.1:{server.port}")
+    try:
+        peer.register("victim")
+        lease(peer, 1)
+        (fd,) = set(server._fds.values())
+        # libzmq reports the close, then hands over the last message the actor sent before it died (same instant)
+        server._on_disconnected(fd)
+        assert server.reachable_actor_ids() == []
+        lease(peer, 1)
+        assert server.reachable_actor_ids() == []  # its last words: still out of the broadcasts
+        now[0] += 0.5 + 0.01  # a message more than a heartbeat interval later: the connection lives after all
+        lease(peer, 1)
+        assert server.reachable_actor_ids() == ["victim"]
+    finally:
+        peer.close()
+        server.close()

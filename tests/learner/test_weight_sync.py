@@ -26,9 +26,9 @@ class Probe:
         return [a for a in ids if a in self.listening]
 
 
-def make(timeout_s=10.0, exclude_s=60.0):
+def make(timeout_s=10.0, exclude_s=60.0, join_wait_s=0.0):
     clock = Clock()
-    return WeightSyncMembership(timeout_s, exclude_s, clock=clock), clock
+    return WeightSyncMembership(timeout_s, exclude_s, join_wait_s, clock=clock), clock
 
 
 def test_members_are_live_actors_whose_receiver_listens_and_are_probed_once():
@@ -116,7 +116,52 @@ def test_leave_reports_whether_the_actor_was_in_the_last_round():
     assert m.changed(m.members(["a0"], probe))
 
 
-@pytest.mark.parametrize("kw", [dict(timeout_s=0, exclude_s=1), dict(timeout_s=1, exclude_s=-1)])
+def test_newcomers_wait_for_the_next_rebuild_at_most_join_wait_s():
+    m, clock = make(join_wait_s=5.0)
+    probe = Probe({"a0", "a1", "a2", "a3"})
+    m.succeeded(m.members(["a0", "a1"], probe))  # the run's first members join at once: nobody to wait for
+    assert m.published == ["a0", "a1"]
+    assert m.members(["a0", "a1", "a2"], probe) == ["a0", "a1"]  # a2 arrives: no rebuild for it alone yet
+    assert not m.changed(["a0", "a1"])
+    clock.t += 3.0
+    assert m.members(["a0", "a1", "a2", "a3"], probe) == ["a0", "a1"]  # a3 too; a2 has waited 3 s of 5
+    clock.t += 1.999
+    assert m.members(["a0", "a1", "a2", "a3"], probe) == ["a0", "a1"]
+    clock.t += 0.002  # a2's wait is over: both newcomers join in one rebuild
+    assert m.members(["a0", "a1", "a2", "a3"], probe) == ["a0", "a1", "a2", "a3"]
+    m.succeeded(["a0", "a1", "a2", "a3"])
+    assert m.joining == {}
+
+
+def test_a_death_takes_the_waiting_newcomers_into_its_rebuild_at_once():
+    m, clock = make(join_wait_s=5.0)
+    probe = Probe({"a0", "a1", "a2"})
+    m.succeeded(m.members(["a0", "a1"], probe))
+    assert m.members(["a0", "a1", "a2"], probe) == ["a0", "a1"]
+    clock.t += 1.0
+    assert m.members(["a0", "a2"], probe) == ["a0", "a2"]  # a1 died: one rebuild for the death and the arrival
+
+
+def test_a_held_out_member_makes_a_rebuild_that_takes_the_newcomers():
+    m, clock = make(join_wait_s=5.0)
+    probe = Probe({"a0", "a1", "a2"})
+    members = m.members(["a0", "a1"], probe)
+    m.succeeded(members)
+    assert m.members(["a0", "a1", "a2"], probe) == ["a0", "a1"]
+    m.succeeded(["a0", "a1"])
+    m.failed(["a0", "a1"], missing=["a1"])  # a failed round: the next one rebuilds anyway
+    assert m.members(["a0", "a1", "a2"], probe) == ["a0", "a2"]
+
+
+def test_newcomers_join_at_once_when_the_fleet_has_no_members():
+    m, _ = make(join_wait_s=5.0)
+    probe = Probe({"a0", "a1"})
+    m.succeeded([])  # a round to nobody (every actor had left)
+    assert m.members(["a0", "a1"], probe) == ["a0", "a1"]
+
+
+@pytest.mark.parametrize("kw", [dict(timeout_s=0, exclude_s=1), dict(timeout_s=1, exclude_s=-1),
+                                dict(timeout_s=1, exclude_s=1, join_wait_s=-1)])
 def test_bad_settings_are_refused(kw):
-    with pytest.raises(ValueError, match="timeout_s|exclude_s"):
+    with pytest.raises(ValueError, match="timeout_s|exclude_s|join_wait_s"):
         WeightSyncMembership(**kw)

@@ -10,6 +10,9 @@ the same window after a warm-up:
              is SIGKILLed and a fresh one started at once under a new id, as a supervisor would;
   kills, inline broadcasts
              the same, with every step waiting for its own weight broadcast (learner.weight_sync.background=false);
+  kills, newcomers join at once
+             the same as kills, with each replacement's arrival forming a new broadcast group at once
+             (learner.weight_sync.join_wait_s=0) instead of waiting for the next rebuild, which a death forces;
   start-ups only
              no kills, but at the same pace an actor process is started that never joins (its learner address has
              nobody listening) and is killed at the next one: the CPU cost of a replacement's start-up (Python,
@@ -19,7 +22,7 @@ From the learner's metrics.jsonl over the window: the learner's busy fraction (1
 between the first and last step of the window), the longest gap between two consecutive steps, steps per second,
 and the failed weight-sync rounds. SIMULATED GENERATION: actors sleep by a cost model instead of generating.
 
-    PYTHONPATH=. python tools/bench/churn.py                 # 3 x 2 minutes + start-up, about 10 minutes
+    PYTHONPATH=. python tools/bench/churn.py                 # 5 x 2 minutes + start-ups, about 15 minutes
     PYTHONPATH=. python tools/bench/churn.py --window 30     # a quick pass
 """
 
@@ -59,12 +62,14 @@ COLUMNS: list[Column] = [("run", "run", None), ("actors", "actors", "d"), ("kill
                          ("steps", "steps", "d"), ("steps_per_s", "steps/s", ".2f"),
                          ("busy_pct", "learner busy %", ".1f"), ("longest_gap_s", "longest step gap s", ".2f"),
                          ("median_gap_s", "median step gap s", ".2f"), ("sync_failures", "failed syncs", "d"),
+                         ("group_builds", "group builds", "d"),
                          ("staleness_mean", "mean staleness", ".2f")]
 # The runs of one invocation: (name, what happens every --kill-every seconds, config overrides). "inline" is the same
 # churn with every step waiting for its own broadcast (learner.weight_sync.background=false); "start-ups" starts a
 # process that never joins, to tell the cost of a start-up on the machine's cores from the cost of a membership change.
 RUNS = [("no kills", None, ()), ("kills", "kill", ()),
         ("kills, inline broadcasts", "kill", ("learner.weight_sync.background=false",)),
+        ("kills, newcomers join at once", "kill", ("learner.weight_sync.join_wait_s=0",)),
         ("start-ups only", "start-up", ())]
 
 
@@ -191,10 +196,12 @@ def summarise(name: str, run_dir: Path, t0: float, t1: float, actors: int, kills
     span = recs[chain[-1]]["time"] - recs[chain[0]]["time"]
     gaps_sorted = sorted(gaps)
     fail = lambda r: float(r.get("weights/failures", 0.0))  # noqa: E731
+    builds = lambda r: float(r.get("weights/group_builds", 0.0))  # noqa: E731
     return {"run": name, "actors": actors, "kills": kills, "steps": len(inside), "window_s": t1 - t0,
             "steps_per_s": len(inside) / (t1 - t0), "busy_pct": 100.0 * (1.0 - waits / span),
             "longest_gap_s": max(gaps), "median_gap_s": gaps_sorted[len(gaps) // 2],
             "sync_failures": int(fail(recs[chain[-1]]) - fail(recs[chain[0]])),
+            "group_builds": int(builds(recs[chain[-1]]) - builds(recs[chain[0]])),
             "staleness_mean": sum(recs[s].get("staleness/mean", 0.0) for s in inside) / len(inside),
             "max_wait_s": max(recs[s]["learner/wait_s"] for s in inside)}
 
@@ -225,9 +232,13 @@ def render_markdown(result: dict[str, Any], doc_dir: Path) -> str:
             f"of {s['warmup_steps']} steps (`tools/bench/churn.py`). Broadcasts run on a thread of their own "
             "(`learner.weight_sync.background`, the default); `kills, inline broadcasts` is the same churn with each "
             "step waiting for its broadcast (`background: false`; its busy % counts the broadcast inside each step "
-            "as busy, so compare steps/s); `start-ups only` kills nobody but starts, at the same pace, an actor "
+            "as busy, so compare steps/s); `kills, newcomers join at once` is the same churn with "
+            "`weight_sync.join_wait_s: 0` (each arrival forms a new broadcast group at once; the default lets it "
+            "wait, at most join_wait_s, for the rebuild the next death forces); `start-ups only` kills nobody but "
+            "starts, at the same pace, an actor "
             "process that never joins: what a replacement's start-up costs the machine's cores without any change "
-            "of membership. Mean staleness: versions between a group's "
+            "of membership. Group builds: broadcast process groups formed or tried in the window "
+            "(`weights/group_builds`). Mean staleness: versions between a group's "
             f"weights and the learner's at training. SIMULATED GENERATION; 1-min load average {load[0]:.1f} on "
             f"{result['machine'].get('cpus')} cores at the start.\n\n" + markdown_table(result["rows"], COLUMNS)
             + "\n\n" + goal_verdict(result["rows"]) + "\n\n" + READING)
@@ -235,11 +246,13 @@ def render_markdown(result: dict[str, Any], doc_dir: Path) -> str:
 
 # How to read the table (no figure: those are above). Kept beside the code that measures it.
 READING = ("Reading it: compare `start-ups only` with `no kills` for what the replacements' start-ups cost the "
-           "cores, and `kills` with `start-ups only` for what the membership changes cost. Every death and every "
-           "newcomer makes a new process group for the broadcasts (a gloo group's members are fixed); while a "
+           "cores, and `kills` with `start-ups only` for what the membership changes cost. Every change of "
+           "members makes a new process group for the broadcasts (a gloo group's members are fixed); while a "
            "round waits for it, the fleet's version stands still, and with it admission (counted from the "
            "fleet's version) and the version-lag bound (`weight_sync.max_version_lag`), so the learner waits for "
-           "data. Inline broadcasts pay the same group formations inside the steps instead.")
+           "data. A death forces a rebuild; an arrival waits for the next one (`kills, newcomers join at once` "
+           "shows the cost of not waiting). Inline broadcasts pay the same group formations inside the steps "
+           "instead.")
 
 
 def main() -> int:

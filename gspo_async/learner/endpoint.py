@@ -92,9 +92,7 @@ class LearnerServer:
         self._cond = threading.Condition(self._lock)
         self._peers: dict[bytes, str] = {}  # routing id -> actor id
         self._routes: dict[str, bytes] = {}  # actor id -> routing id
-        # A closed connection (the actor's process died: the kernel closes its sockets) is seen at once on the
-        # monitor socket, by file descriptor; the descriptor each routing id last spoke through maps it to the
-        # actor, which leaves the weight broadcasts until it is heard from again (heartbeats decide its leases).
+        # A closed connection (a dead process) is seen on the monitor socket by descriptor: mapped to its actor here
         self._fds: dict[bytes, int] = {}  # routing id -> socket descriptor of its last message
         self._reach = Reachability(heartbeat_interval_s, coordinator.heartbeat_timeout_s, coordinator.clock)
         self._parked: dict[bytes, Parked] = {}
@@ -231,8 +229,7 @@ class LearnerServer:
             return self.evaluation.completed()
 
     def mark_trained(self, groups: list[RolloutGroup]) -> None:
-        with self._lock:
-            self.coordinator.mark_trained(groups)
+        self._locked(self.coordinator.mark_trained, groups)
         self._poke()
 
     def put_back(self, groups: list[RolloutGroup]) -> None:
@@ -241,16 +238,14 @@ class LearnerServer:
 
     def mark_dropped(self, groups: list[RolloutGroup], reason: str) -> None:
         """Taken groups the learner decided not to train on (e.g. a filter); counted under `reason`."""
-        with self._lock:
-            self.coordinator.mark_dropped(groups, reason)
+        self._locked(self.coordinator.mark_dropped, groups, reason)
         self._poke()
 
     def live_actor_ids(self) -> list[str]:
         return self._locked(self.coordinator.live_actor_ids)
 
     def reachable_actor_ids(self) -> list[str]:
-        """The live actors worth listing in a weight broadcast (learner/reachability.py): a SIGKILLed actor leaves
-        this list at once, or after a few missed heartbeats where its connection's close is not seen."""
+        """The live actors worth listing in a weight broadcast (learner/reachability.py)."""
         with self._lock:
             return self._reach.reachable(self.coordinator.live_actor_ids(self._reach.heard_within_s))
 
@@ -401,15 +396,19 @@ class LearnerServer:
     def _on_disconnected(self, fd: int) -> None:
         for routing in [r for r, f in self._fds.items() if f == fd]:
             del self._fds[routing]
-            actor_id = self._peers.get(routing)
-            if actor_id is None or self._routes.get(actor_id) != routing:
-                continue
-            with self._lock:
-                self._reach.closed(actor_id)
-                released = self.coordinator.orphan(actor_id)  # re-issued now, not after the heartbeat timeout
-            self.transport["connections_closed"] += 1
-            log.info("actor %s: connection closed; its %d leases are re-issued and it is left out of weight "
-                     "broadcasts until it is heard from again", actor_id, len(released))
+            self._connection_lost(routing)
+
+    def _connection_lost(self, routing: bytes) -> None:
+        """`routing`'s connection is gone: its actor (if that is its current connection) leaves the broadcasts."""
+        actor_id = self._peers.get(routing)
+        if actor_id is None or self._routes.get(actor_id) != routing:
+            return
+        with self._lock:
+            self._reach.closed(actor_id)
+            released = self.coordinator.orphan(actor_id)  # re-issued now, not after the heartbeat timeout
+        self.transport["connections_closed"] += 1
+        log.info("actor %s: connection closed; its %d leases are re-issued and it is left out of weight "
+                 "broadcasts until it is heard from again", actor_id, len(released))
 
     def _address(self, frame: zmq.Frame) -> str:
         """The sender's IP (behind the frame gate: the client the gate relays for it)."""
@@ -422,10 +421,11 @@ class LearnerServer:
             self._sock.send_multipart([routing, *frames], flags=zmq.NOBLOCK, copy=False)
             return True
         except zmq.ZMQError as err:
-            # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY); EAGAIN: its queue is full. Either way the actor
-            # resends whatever it still needs.
+            # EAGAIN: the peer's queue is full; EHOSTUNREACH (ROUTER_MANDATORY): the peer is gone, before its close
+            # event was read (which then no longer names it). Either way the actor resends what it still needs.
             self.transport["replies_failed"] += 1
             if err.errno == zmq.EHOSTUNREACH:
+                self._connection_lost(routing)
                 actor_id = self._peers.pop(routing, None)
                 if actor_id is not None and self._routes.get(actor_id) == routing:
                     del self._routes[actor_id]

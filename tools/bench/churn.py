@@ -63,6 +63,7 @@ COLUMNS: list[Column] = [("run", "run", None), ("actors", "actors", "d"), ("kill
                          ("busy_pct", "learner busy %", ".1f"), ("longest_gap_s", "longest step gap s", ".2f"),
                          ("median_gap_s", "median step gap s", ".2f"), ("sync_failures", "failed syncs", "d"),
                          ("group_builds", "group builds", "d"),
+                         ("data_wait_s", "waits for data s", ".1f"), ("weights_wait_s", "waits for weights s", ".1f"),
                          ("staleness_mean", "mean staleness", ".2f")]
 # The runs of one invocation: (name, what happens every --kill-every seconds, config overrides). "inline" is the same
 # churn with every step waiting for its own broadcast (learner.weight_sync.background=false); "start-ups" starts a
@@ -193,6 +194,7 @@ def summarise(name: str, run_dir: Path, t0: float, t1: float, actors: int, kills
     chain = [before[-1]] + inside
     gaps = [recs[b]["time"] - recs[a]["time"] for a, b in zip(chain, chain[1:])]
     waits = sum(recs[s]["learner/wait_s"] for s in inside)
+    weights_waits = sum(recs[s].get("weights/wait_s", 0.0) for s in inside)
     span = recs[chain[-1]]["time"] - recs[chain[0]]["time"]
     gaps_sorted = sorted(gaps)
     fail = lambda r: float(r.get("weights/failures", 0.0))  # noqa: E731
@@ -203,7 +205,9 @@ def summarise(name: str, run_dir: Path, t0: float, t1: float, actors: int, kills
             "sync_failures": int(fail(recs[chain[-1]]) - fail(recs[chain[0]])),
             "group_builds": int(builds(recs[chain[-1]]) - builds(recs[chain[0]])),
             "staleness_mean": sum(recs[s].get("staleness/mean", 0.0) for s in inside) / len(inside),
-            "max_wait_s": max(recs[s]["learner/wait_s"] for s in inside)}
+            "max_wait_s": max(recs[s]["learner/wait_s"] for s in inside),
+            # the learner's waits split: for the fleet's weights (the version-lag bound), and for rollouts
+            "weights_wait_s": weights_waits, "data_wait_s": waits - weights_waits}
 
 
 GOAL_BUSY_POINTS = 5.0  # the kills run's learner busy % within this many points of the run without kills
@@ -219,7 +223,10 @@ def goal_verdict(rows: list[dict[str, Any]]) -> str:
     return (f"Goal (busy within {GOAL_BUSY_POINTS:g} points of the run without kills, longest step gap under "
             f"{GOAL_GAP_S:g} s): busy {busy_drop:+.1f} points lower ({'met' if ok_busy else 'NOT met'}), longest "
             f"gap {kills['longest_gap_s']:.2f} s ({'met' if ok_gap else 'NOT met'}); steps/s "
-            f"{kills['steps_per_s']:.2f} vs {calm['steps_per_s']:.2f}.")
+            f"{kills['steps_per_s']:.2f} vs {calm['steps_per_s']:.2f}."
+            + (f" The learner waited {kills['data_wait_s']:.1f} s for rollouts and {kills['weights_wait_s']:.1f} s "
+               f"for the fleet's weights with kills, {calm['data_wait_s']:.1f} s and {calm['weights_wait_s']:.1f} s "
+               "without." if "data_wait_s" in kills and "data_wait_s" in calm else ""))
 
 
 def render_markdown(result: dict[str, Any], doc_dir: Path) -> str:
@@ -238,7 +245,9 @@ def render_markdown(result: dict[str, Any], doc_dir: Path) -> str:
             "starts, at the same pace, an actor "
             "process that never joins: what a replacement's start-up costs the machine's cores without any change "
             "of membership. Group builds: broadcast process groups formed or tried in the window "
-            "(`weights/group_builds`). Mean staleness: versions between a group's "
+            "(`weights/group_builds`). The learner's waits in the window are split into waits for the fleet's "
+            "weights (`weights/wait_s`, the version-lag bound) and waits for rollouts (the rest of "
+            "`learner/wait_s`). Mean staleness: versions between a group's "
             f"weights and the learner's at training. SIMULATED GENERATION; 1-min load average {load[0]:.1f} on "
             f"{result['machine'].get('cpus')} cores at the start.\n\n" + markdown_table(result["rows"], COLUMNS)
             + "\n\n" + goal_verdict(result["rows"]) + "\n\n" + READING)

@@ -441,7 +441,7 @@ class LearnerServer:
             self.transport["no_source_fd"] += 1
             log.warning("this libzmq does not report a message's socket (ZMQ_SRCFD): a dead actor leaves weight "
                         "broadcasts only when heartbeats declare it dead (learner.heartbeat_timeout_s)")
-        if actor_id is not None:
+        if actor_id in self._reach.cut:  # (the lock only for a cut actor: this runs for every message)
             with self._lock:
                 self._reach.heard(actor_id)
         try:

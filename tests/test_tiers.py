@@ -156,6 +156,11 @@ def test_summary_parsing_and_rendering_by_hand():
                         '2 cores, load 0.5 before | abc1234, 2026-01-01 00:00 UTC |')
     assert lines[3].startswith("| full@before | `bash tools/test.sh` | 10 min 15 s |")
     assert lines[-1] == "Not measured yet: `python tools/test_timing.py full`."
+    both = tool.render({"full@before": {**rec, "wall_s": 615.0}, "full": {**rec, "wall_s": 369.0}})
+    assert "wall time 0.60x (6 min 09 s vs 10 min 15 s; goal at most 0.60x: met)." in both  # 369 / 615 by hand
+    slower = tool.render({"full@before": {**rec, "wall_s": 600.0}, "full": {**rec, "wall_s": 450.0, "cpu": "other"}})
+    assert "wall time 0.75x (7 min 30 s vs 10 min 00 s; goal at most 0.60x: NOT met); measured on different " \
+           "machines" in slower
     assert tool.render({}) == ("Not measured yet: `python tools/test_timing.py unit`, "
                                "`python tools/test_timing.py full`.\n")
     doc = f"a\n{tool.BEGIN}\nold\n{tool.END}\nb\n"

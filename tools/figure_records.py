@@ -4,6 +4,7 @@ and the rewrite of a document's generated part between its two marker lines."""
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,19 @@ def provenance(cwd: Path) -> dict[str, Any]:
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True).stdout.strip()
 
     dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"cpus": os.cpu_count(), "load_1min_before": round(os.getloadavg()[0], 2),
+    return {"cpus": os.cpu_count(), "cpu": cpu_model(), "load_1min_before": round(os.getloadavg()[0], 2),
             "commit": git("rev-parse", "--short", "HEAD") + ("+changes" if dirty else "")}
+
+
+def cpu_model() -> str:
+    """The processor's model name (Linux), or the platform's word for it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def rewrite(doc: str, begin: str, end: str, text: str, name: str) -> str:

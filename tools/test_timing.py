@@ -35,6 +35,7 @@ README = ROOT / "README.md"
 BEGIN, END = "<!-- test-timing:begin (tools/test_timing.py) -->", "<!-- test-timing:end -->"
 TIERS = {"unit": ["-m", "not slow"], "full": []}
 # (no "deselected": pytest-xdist's summary line leaves it out, so it could not be recorded truthfully)
+GOAL_RATIO = 0.60  # the full suite's wall time against the old checkout's (full@before), on the same machine
 OUTCOMES = ("passed", "failed", "errors", "skipped", "xfailed", "xpassed")
 
 
@@ -79,11 +80,19 @@ def render(figures: dict[str, dict[str, Any]]) -> str:
             "|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(figures, key=lambda k: (k.split("@")[0] != "unit", k)):
         r = figures[key]
-        machine = f"{r['cpus']} cores, load {r['load_1min_before']:g} before"
+        machine = f"{r['cpus']} cores{' ' + r['cpu'] if r.get('cpu') else ''}, load {r['load_1min_before']:g} before"
         failed = r["failed"] + r["errors"]
         rows.append(f"| {key} | `{r['command']}` | {_minutes(r['wall_s'])} | {_minutes(r['pytest_s'])} | "
                     f"{r['passed']} | {failed} | {r['skipped']} | {machine} | "
                     f"{r['commit']}, {r['finished']} |")
+    if "full" in figures and "full@before" in figures:  # the side-by-side comparison the suite is held to
+        new, old = figures["full"], figures["full@before"]
+        ratio = new["wall_s"] / old["wall_s"]
+        same = new["cpus"] == old["cpus"] and new.get("cpu") == old.get("cpu")
+        rows += ["", f"Full suite against `full@before`: wall time {ratio:.2f}x ({_minutes(new['wall_s'])} vs "
+                 f"{_minutes(old['wall_s'])}; goal at most {GOAL_RATIO:.2f}x: {'met' if ratio <= GOAL_RATIO else 'NOT met'})"
+                 + ("" if same else "; measured on different machines, so the ratio is not a side-by-side figure")
+                 + "."]
     missing = [t for t in TIERS if t not in figures]
     if not figures:
         rows = []

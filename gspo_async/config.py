@@ -181,10 +181,16 @@ class WeightSyncConfig(_Section):
                              "acknowledged) is left out of broadcasts for a while, so one broken receiver cannot "
                              "stall the fleet's weights: timeout_s after a first failure, doubling up to exclude_s "
                              "(0 = never leave anyone out).")
-    join_wait_s: float = Field(5.0, ge=0, description="Actors that join wait for the broadcast group's next rebuild "
-                               "(a death forces one) for at most this long before their arrival forces one: each "
-                               "rebuild pauses every actor's weights, so a fleet whose dead actors are replaced pays "
-                               "one rebuild per death instead of two. 0 = a newcomer joins at once.")
+    cohort_size: int = Field(8, ge=0, description="Actors per broadcast process group: the fleet is split into "
+                             "groups of at most this many, sent to one after another, so an actor's death or arrival "
+                             "rebuilds only its own group while the others keep receiving. Each group costs the "
+                             "learner one send of the weights per version (NCCL's broadcast is pipelined within a "
+                             "group): larger groups send less, smaller ones stall fewer actors per death. 0 = one "
+                             "group for the whole fleet.")
+    join_wait_s: float = Field(5.0, ge=0, description="Actors that join get the weights at once in a small group of "
+                               "their own; at the next rebuild a death forces, or after at most this long, they move "
+                               "into the regular groups (cohort_size). 0 = at once, at the cost of a rebuild of a "
+                               "group with room per arrival.")
     background: bool = Field(True, description="Broadcast on a thread of its own so that no training step waits "
                              "for one; costs one copy of the weights (broadcast dtype, learner device). false: "
                              "every step waits for its broadcast, as in a synchronous trainer.")

@@ -4,11 +4,13 @@
     ---------------                                    -----------------------------------
     step k trained, version k
       offer(k, snapshot) ---- idle? ---- yes ---->      round: version k to the members now
-           |                   (takes a copy)             (forms a new group when they changed;
-           |                                               a death fails it at once: retried
-           no: nothing; offered again after the            without the dead or the held-out)
-           next step and at every wait tick            idle, every TICK_S: membership changed?
-                                                          -> the held version again, to the new list
+           |                   (takes a copy)             (to each cohort in turn, intact ones first;
+           |                                               a changed cohort forms a new group; a death
+           no: nothing; offered again after the            fails its cohort at once: retried without the
+           next step and at every wait tick               dead or the held-out, the others untouched)
+                                                        idle, every TICK_S: a cohort without the held
+                                                          version (a newcomer, a rebuilt cohort)?
+                                                          -> the held version to those cohorts only
                                                           (unless a newer one waits: it goes instead)
 
 Rules that follow from it:
@@ -23,8 +25,10 @@ Rules that follow from it:
     stale on arrival.
   * ``background: false`` runs the same rounds inline on the training thread (the step waits for them), as in a
     synchronous trainer; the snapshot is then a view, not a copy.
+  * A version counts as sent (``on_sent``, ``sent_version``) once every cohort holds it.
 
-Membership and back-off are :class:`~gspo_async.learner.weight_sync.WeightSyncMembership`; who is alive is
+Membership and back-off are :class:`~gspo_async.learner.weight_sync.WeightSyncMembership`, the split into
+process groups :class:`~gspo_async.learner.weight_sync.Cohorts`; who is alive is
 ``reachable()`` (the endpoint's connections and heartbeats); the rounds are
 :class:`~gspo_async.weights.elastic.WeightPublisher`'s.
 """
@@ -39,7 +43,7 @@ from typing import Optional
 
 import torch
 
-from gspo_async.learner.weight_sync import WeightSyncMembership
+from gspo_async.learner.weight_sync import Cohort, Cohorts, WeightSyncMembership
 from gspo_async.telemetry.registry import MetricRegistry
 from gspo_async.weights.elastic import WeightPublisher
 
@@ -55,6 +59,7 @@ class WeightBroadcaster:
     Args:
         publisher: the rounds (owns the store and the process groups).
         membership: who takes part, with back-off for members that fail rounds.
+        cohorts: how the members are split into process groups (default: one group for all).
         reachable: the actor ids alive and connected now (thread-safe; polled during rounds).
         registry: where ``weights/*`` counters go (thread-safe).
         background: run rounds on a thread of their own (True) or inline in :meth:`offer` (False).
@@ -63,10 +68,12 @@ class WeightBroadcaster:
 
     def __init__(self, publisher: WeightPublisher, membership: WeightSyncMembership,
                  reachable: Callable[[], list[str]], registry: MetricRegistry, background: bool = True,
-                 on_sent: Callable[[int], None] = lambda version: None):
+                 on_sent: Callable[[int], None] = lambda version: None, cohorts: Optional[Cohorts] = None):
         self.on_sent = on_sent
         self.publisher = publisher
         self.membership = membership
+        self.cohorts = cohorts if cohorts is not None else Cohorts(0, membership.timeout_s)
+        self._holds: dict[Cohort, int] = {}  # cohort -> newest version it received (its current group)
         self.reachable = reachable
         self.registry = registry
         self.background = background
@@ -98,7 +105,7 @@ class WeightBroadcaster:
                 self._offered = version
                 self._round(version, snapshot(False), "new version")
                 return True
-            if self._membership_changed():
+            if self._lacking(version):
                 self._round(version, snapshot(False), "membership")
                 return True
             return False
@@ -168,50 +175,72 @@ class WeightBroadcaster:
                 if job is not None:
                     self._held = job
                     self._round(job[0], job[1], "new version")
-                elif self._held is not None and self._held[0] >= self._newest and self._membership_changed():
+                elif self._held is not None and self._held[0] >= self._newest and self._lacking(self._held[0]):
                     # (with a newer version waiting, the training thread's next offer reaches the new members)
                     self._round(self._held[0], self._held[1], "membership")
             except Exception:  # a bug, not a peer's failure (publish never raises for those): keep serving
                 log.exception("[learner] weight broadcast failed unexpectedly; the next version retries")
-                self.membership.published = None
+                self._holds.clear()
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
 
     # ----- rounds (on the broadcast thread, or inline) -----
-    def _members(self) -> list[str]:
-        return self.membership.members(self.reachable(), self.publisher.present)
+    def _plan(self) -> list[Cohort]:
+        """The cohorts of the current members; forgets the groups (and holds) of cohorts no longer planned."""
+        members = self.membership.members(self.reachable(), self.publisher.present)
+        cohorts = self.cohorts.plan(members)
+        self.publisher.retain(cohorts)
+        self._holds = {c: v for c, v in self._holds.items() if c in cohorts}
+        return cohorts
 
-    def _membership_changed(self) -> bool:
-        return self.membership.changed(self._members())
+    def _lacking(self, version: int) -> bool:
+        """Whether some cohort of the current members does not hold `version` (a newcomer, a rebuilt cohort)."""
+        return any(self._holds.get(c, -1) < version for c in self._plan())
 
     def _round(self, version: int, tensors: list[tuple[str, torch.Tensor]], reason: str,
                retry: bool = True) -> None:
-        """One round to the current members; on failure, one retry at once without the dead and the held-out."""
-        members = self._members()
-        generation = self.publisher.generation
-        result = self.publisher.publish(tensors, version, members, alive=self.reachable)
-        self.registry.inc("weights/group_builds", float(self.publisher.generation - generation))
-        with self._cond:
-            self._last = {"weights/sync_s": result.seconds, "weights/bytes": float(result.nbytes),
-                          "weights/transfer_s": max(result.seconds - result.group_seconds, 0.0)}
+        """`version` to every cohort that lacks it; when one fails, one retry at once without the dead and the
+        held-out (the cohorts that got it are not sent to again)."""
+        cohorts = self._plan()
+        pending = [c for c in cohorts if self._holds.get(c, -1) < version]
+        seconds = group_seconds = 0.0
+        nbytes, failed = 0, []
+        for cohort in pending:
+            generation = self.publisher.generation
+            result = self.publisher.publish(tensors, version, list(cohort), alive=self.reachable)
+            self.registry.inc("weights/group_builds", float(self.publisher.generation - generation))
+            seconds += result.seconds
+            group_seconds += result.group_seconds
+            nbytes = result.nbytes
             if result.ok:
+                self._holds[cohort] = version
+                self.membership.succeeded(cohort)
+                self.registry.inc("weights/bytes_sent", float(result.nbytes * len(cohort)))
+            else:
+                failed.append(result)
+        everyone = all(self._holds.get(c, -1) >= version for c in cohorts)
+        with self._cond:
+            self._last = {"weights/sync_s": seconds, "weights/bytes": float(nbytes),
+                          "weights/transfer_s": max(seconds - group_seconds, 0.0)}
+            if everyone:
                 self._sent = max(self._sent, version)
-        if result.ok:
+        if everyone:
             self.on_sent(version)
-            self.membership.succeeded(members)
-            self.registry.inc("weights/syncs")
-            self.registry.inc("weights/bytes_sent", float(result.nbytes * len(members)))
-        else:
+            if pending or not cohorts:  # (a version to an empty fleet counts as sent, as before anyone joins)
+                self.registry.inc("weights/syncs")
+        reachable = set(self.reachable())
+        dropped = []  # the dead and the held-out of the failed cohorts
+        for result in failed:
             self.registry.inc("weights/failures")
-            reachable = set(self.reachable())
-            gone = [m for m in members if m not in reachable]  # died meanwhile (a reset broadcast, a closed socket)
-            held = self.membership.failed([m for m in members if m in reachable], result.missing)
-            log.warning("[learner] weight sync v%d (%s) to %s failed: %s%s%s", version, reason, members,
+            gone = [m for m in result.members if m not in reachable]  # died meanwhile (a reset, a closed socket)
+            held = self.membership.failed([m for m in result.members if m in reachable], result.missing)
+            dropped += gone + held
+            log.warning("[learner] weight sync v%d (%s) to %s failed: %s%s%s", version, reason, result.members,
                         result.error, f"; {gone} left the fleet" if gone else "",
                         f"; leaving {held} out of broadcasts for a while (backing off up to "
                         f"{self.membership.exclude_s:g}s)" if held else "")
-            if (held or gone) and retry and self._members():
-                self._round(version, tensors, f"{reason}, without {sorted(held + gone)}", retry=False)
+        if dropped and retry and self._plan():  # (no one left: the next version is recorded when it comes)
+            self._round(version, tensors, f"{reason}, without {sorted(dropped)}", retry=False)
         self.registry.set("weights/excluded", float(len(self.membership.excluded)))

@@ -38,7 +38,7 @@ from gspo_async.learner.fleet import FleetMetrics, StaleDropWatch
 from gspo_async.learner.ledger import LedgerWriter
 from gspo_async.learner.prompts import PromptSource
 from gspo_async.learner.resume import run_identity
-from gspo_async.learner.weight_sync import WeightSyncMembership
+from gspo_async.learner.weight_sync import Cohorts, WeightSyncMembership
 from gspo_async.process import StartupError, StopFlag, setup_logging, setup_process
 from gspo_async.protocol.auth import CurveServerKeys
 from gspo_async.protocol.messages import Limits
@@ -133,9 +133,10 @@ class Learner:
         except OSError as err:  # the endpoint's own one-line message: port in use, address not ours
             self.publisher.close()
             raise StartupError(str(err)) from None
-        membership = WeightSyncMembership(sync.timeout_s, sync.exclude_s, sync.join_wait_s)
-        self.weights = WeightBroadcaster(self.publisher, membership, self.server.reachable_actor_ids, self.registry,
-                                         background=sync.background, on_sent=self.server.set_fleet_version)
+        self.weights = WeightBroadcaster(self.publisher, WeightSyncMembership(sync.timeout_s, sync.exclude_s),
+                                         self.server.reachable_actor_ids, self.registry, background=sync.background,
+                                         on_sent=self.server.set_fleet_version,
+                                         cohorts=Cohorts(sync.cohort_size, sync.join_wait_s))
         self.fleet = FleetMetrics(self.server, self.registry, group_size=cfg.num_return_sequences_in_group)
         self.stale_watch = StaleDropWatch(cfg.off_policy.max_staleness)
         self.loop = LoopMetrics()  # busy and wait time, rates over one wall window

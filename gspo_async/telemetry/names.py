@@ -200,14 +200,14 @@ _METRICS: list[Metric] = [
        "broadcasts lag training)", "versions"),
     _m("weights/wait_s", GAUGE, "time the last step waited for the fleet's weights (weight_sync.max_version_lag)",
        "s"),
-    _m("weights/syncs", COUNTER, "weight broadcasts done", "syncs"),
+    _m("weights/syncs", COUNTER, "weight broadcasts done (a version every broadcast group received)", "syncs"),
     _m("weights/bytes_sent", COUNTER, "bytes sent in all weight broadcasts", "bytes"),
-    _m("weights/failures", COUNTER, "broadcasts that timed out or lost a receiver (an increase marks a failure)",
-       "syncs"),
+    _m("weights/failures", COUNTER, "broadcasts to one group that timed out or lost a receiver (an increase marks "
+       "a failure)", "syncs"),
     _m("weights/excluded", GAUGE, "actors left out of broadcasts after failing one (weight_sync.exclude_s)",
        "actors"),
-    _m("weights/group_builds", COUNTER, "broadcast process groups built or tried (per change of members)",
-       "groups"),
+    _m("weights/group_builds", COUNTER, "broadcast process groups built or tried (per change of a group's members; "
+       "weight_sync.cohort_size)", "groups"),
 ]
 
 # The per-actor family, keyed by suffix: `actor/<id>/<suffix>`.

@@ -15,15 +15,18 @@ list. Store keys:
     pg/<gen>/...             rendezvous of generation `gen`'s process group
 
 Rounds run one at a time (publish returns only when its round is over), so a member that sees
-several notifications needs only the newest. When the member list changes, or the previous round
-failed, the learner aborts the old group and forms generation gen + 1 with ranks 1..n in member
-order (the learner is rank 0). Every wait is bounded by `timeout_s`; a failed round aborts the
-group, which unblocks the survivors, and the next round forms a fresh generation. Who is alive is
-decided elsewhere (the learner's connections and heartbeats): given an `alive` callable, a round
-stops waiting the moment a member it waits for is no longer alive, and names it in `missing`, so a
-dead actor costs one failed round, never `timeout_s`. That holds inside the process group's rendezvous
-too: it runs on a thread of its own (`GroupFormation`) on both sides; the learner gives up on it when a
-member is gone and marks the round failed, and the survivors, polling that status, give up as well.
+several notifications needs only the newest. The learner keeps one process group per member list it
+sends to (a *cohort*: the fleet may be split into several, see learner/weight_sync.py), so a round to
+one cohort leaves the others' groups alone. A round to a member list that has no group yet, or whose
+previous round failed, forms generation gen + 1 with ranks 1..n in member order (the learner is rank
+0), after aborting every group that shares a member with it (an actor is in one group at a time).
+Every wait is bounded by `timeout_s`; a failed round aborts its group, which unblocks the survivors,
+and the next round forms a fresh generation. Who is alive is decided elsewhere (the learner's
+connections and heartbeats): given an `alive` callable, a round stops waiting the moment a member it
+waits for is no longer alive, and names it in `missing`, so a dead actor costs one failed round,
+never `timeout_s`. That holds inside the process group's rendezvous too: it runs on a thread of its
+own (`GroupFormation`) on both sides; the learner gives up on it when a member is gone and marks the
+round failed, and the survivors, polling that status, give up as well.
 
 Receivers get every round into fresh buffers, so an engine can apply a complete version at a safe
 point (between generation batches) while the next one is already arriving.
@@ -33,7 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 import time
 from collections import deque
@@ -46,8 +48,8 @@ import torch.distributed as dist
 
 from gspo_async.weights.buckets import (Bucket, NamedTensors, flatten_bucket, named_items, plan_buckets,
                                         plan_from_json, plan_to_json, state_checksum, unflatten_bucket)
-from gspo_async.weights.groups import (LOOPBACK_HOSTS, GroupAbandoned, GroupFormation, abort_group, broadcast,
-                                       check_backend, join_formations, wait_work)
+from gspo_async.weights.groups import (GroupAbandoned, GroupFormation, abort_group, broadcast, check_backend,
+                                       default_bind, join_formations, listen_socket, wait_work)
 
 log = logging.getLogger(__name__)
 
@@ -76,31 +78,6 @@ def _check_timeout(timeout_s: object) -> float:
     if not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
         raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
     return float(timeout_s)
-
-
-def listen_socket(host: str, port: int) -> tuple[int, int]:
-    """(fd, port): a socket listening on exactly `host` (a wildcard such as 0.0.0.0 or :: only when `host` is
-    one; port 0 picks a free port), its descriptor for TCPStore's `master_listen_fd`, which takes it over.
-    Without it the store's server listens on every interface whatever host it is given: an unauthenticated door
-    next to a loopback-only learner."""
-    name = "127.0.0.1" if host == "localhost" else host.strip("[]")
-    infos = socket.getaddrinfo(name or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(512)
-        port = sock.getsockname()[1]
-    except OSError as err:
-        sock.close()
-        raise OSError(f"the weight store cannot listen on {host}:{port} ({err}); free the port or set "
-                      "weight_store_port") from None
-    return sock.detach(), port
-
-
-def _default_bind(host: str, bind_host: str | None) -> str | None:
-    return bind_host if bind_host is not None else ("127.0.0.1" if host in LOOPBACK_HOSTS else None)
 
 
 @dataclass
@@ -159,7 +136,7 @@ class WeightPublisher:
         self.backend = backend
         self.device = check_backend(backend, device)
         self.host = host
-        self.bind_host = _default_bind(host, bind_host)
+        self.bind_host = default_bind(host, bind_host)
         # the store listens on the learner's own address only (see listen_socket)
         fd, port = listen_socket(host, port)
         self._store: dist.TCPStore | None = dist.TCPStore(
@@ -169,8 +146,8 @@ class WeightPublisher:
         self._lock = threading.Lock()
         self._seq = 0
         self._gen = 0
-        self._group: dist.ProcessGroup | None = None
-        self._group_members: list[str] | None = None
+        self._groups: dict[tuple[str, ...], dist.ProcessGroup] = {}  # member list -> its live group
+        self._gens: dict[tuple[str, ...], int] = {}  # member list -> generation of its group
         self._plan_cache: tuple[tuple, list[Bucket], list[dict]] | None = None  # (signature, plan, its JSON)
         self._staging: dict[tuple[int, torch.dtype], torch.Tensor] = {}
         self._round_members: dict[int, list[str]] = {}
@@ -209,15 +186,17 @@ class WeightPublisher:
         start = time.perf_counter()
         self._seq += 1
         seq = self._seq
-        if members != self._group_members:
-            self._drop_group()
-        new_group = bool(members) and self._group is None
-        if new_group:
+        cohort = tuple(members)
+        new_group = bool(members) and cohort not in self._groups
+        if new_group:  # its members leave whatever group they were in: one group per actor at a time
+            self._drop_groups([c for c in self._groups if not set(c).isdisjoint(cohort)])
             self._gen += 1
+            self._gens[cohort] = self._gen
+        gen = self._gens.get(cohort, self._gen)
         buckets, plan = self._plan(tensors) if members else ([], [])
         nbytes = sum(b.nbytes for b in buckets)
         digest = state_checksum(tensors) if checksum else None
-        record = {"seq": seq, "version": version, "gen": self._gen, "members": members,
+        record = {"seq": seq, "version": version, "gen": gen, "members": members,
                   "new_group": new_group, "nbytes": nbytes, "plan": plan}
         store.set(_key(seq), json.dumps(record))
         store.set(KEY_LATEST, str(seq))
@@ -227,7 +206,7 @@ class WeightPublisher:
         self._round_members[seq] = members
         self._forget(seq - KEEP_ROUNDS)
 
-        result = PublishResult(ok=True, seq=seq, version=version, gen=self._gen, members=members,
+        result = PublishResult(ok=True, seq=seq, version=version, gen=gen, members=members,
                                nbytes=nbytes, seconds=0.0, checksum=digest)
         phase = "forming group"
         try:
@@ -235,7 +214,7 @@ class WeightPublisher:
                 if new_group:
                     result.group_seconds = self._form_group(seq, members, alive)
                 phase = f"sending {len(buckets)} buckets"
-                self._send(buckets, tensors)
+                self._send(self._groups[cohort], buckets, tensors)
                 phase = "waiting for acknowledgements"
                 missing, gone = self._wait_keys([_key(seq, "ack", m) for m in members], alive)
                 if gone:
@@ -244,14 +223,14 @@ class WeightPublisher:
                 if missing:
                     raise _RoundFailed(f"no acknowledgement from {missing} within {self.timeout_s:g}s", missing)
         except (_RoundFailed, RuntimeError, TimeoutError) as e:
-            self._drop_group()
+            self._drop_groups([cohort])
             store.set(_key(seq, "status"), "failed")
-            result.ok, result.error = False, f"{phase} (generation {self._gen}): {type(e).__name__}: {e}"
+            result.ok, result.error = False, f"{phase} (generation {gen}): {type(e).__name__}: {e}"
             result.missing = getattr(e, "missing", [])
             log.warning("weight sync round %d (version %d, gen %d, members %s) failed: %s",
-                        seq, version, self._gen, members, result.error)
+                        seq, version, gen, members, result.error)
         except BaseException:  # interrupted mid-round: leave no half-used group behind
-            self._drop_group()
+            self._drop_groups([cohort])
             store.set(_key(seq, "status"), "failed")
             raise
         else:
@@ -291,20 +270,19 @@ class WeightPublisher:
                 gone[:] = [m for m in members if m not in living]
             return f"members {gone} left while generation {self._gen} formed" if gone else None
         try:
-            self._group = formation.wait(members_gone, ALIVE_POLL_S)
+            self._groups[tuple(members)] = formation.wait(members_gone, ALIVE_POLL_S)
         except GroupAbandoned as e:
             self._abandoned = [f for f in self._abandoned if not f.join(0)] + [formation]
             raise _RoundFailed(f"{e} (connection closed or heartbeat lost)", list(gone)) from None
-        self._group_members = list(members)
         return time.perf_counter() - start
 
-    def _send(self, buckets: list[Bucket], tensors: dict[str, torch.Tensor]) -> None:
+    def _send(self, group: dist.ProcessGroup, buckets: list[Bucket], tensors: dict[str, torch.Tensor]) -> None:
         # Two staging buffers: bucket i+1 is packed while bucket i is on the wire.
         in_flight: deque[dist.Work] = deque()
         for i, bucket in enumerate(buckets):
             if len(in_flight) == 2:
                 wait_work(in_flight.popleft(), self.timeout_s, self.backend)
-            in_flight.append(broadcast(self._group, self._packed(i % 2, bucket, tensors)))
+            in_flight.append(broadcast(group, self._packed(i % 2, bucket, tensors)))
         while in_flight:
             wait_work(in_flight.popleft(), self.timeout_s, self.backend)
 
@@ -353,10 +331,18 @@ class WeightPublisher:
                 return waiting, []
             time.sleep(ALIVE_POLL_S)
 
-    def _drop_group(self) -> None:
-        abort_group(self._group)
-        self._group, self._group_members = None, None
-        self._staging.clear()  # buffers may still be referenced by aborted work
+    def retain(self, cohorts: Iterable[Iterable[str]]) -> None:
+        """Abort the groups of every member list not in `cohorts` (lists the caller no longer sends to)."""
+        keep = {tuple(c) for c in cohorts}
+        with self._lock:
+            self._drop_groups([c for c in self._groups if c not in keep])
+
+    def _drop_groups(self, cohorts: list[tuple[str, ...]]) -> None:
+        for cohort in cohorts:
+            abort_group(self._groups.pop(cohort, None))
+            self._gens.pop(cohort, None)
+        if cohorts:
+            self._staging.clear()  # buffers may still be referenced by aborted work
 
     def _forget(self, seq: int) -> None:
         members = self._round_members.pop(seq, None)
@@ -368,10 +354,10 @@ class WeightPublisher:
             self._store.delete_key(k)
 
     def close(self) -> None:
-        """Abort the current group and shut the store down. Actors that were ever members are told
+        """Abort every group and shut the store down. Actors that were ever members are told
         (their `receive` raises ConnectionError); others find the store gone (the same error)."""
         with self._lock:
-            self._drop_group()
+            self._drop_groups(list(self._groups))
             if self._store is not None:
                 for m in self._known:  # waiting members end cleanly instead of meeting a dead socket
                     self._store.queue_push(f"notify/{m}", CLOSED)
@@ -394,7 +380,7 @@ class WeightSubscriber:
         self.timeout_s = _check_timeout(timeout_s)
         self.backend = backend
         self.device = check_backend(backend, device)
-        self.bind_host = _default_bind(host, bind_host)
+        self.bind_host = default_bind(host, bind_host)
         # hashing costs a pass over the weights (about 1 GB/s on one core): on by default on CPU only
         self.compute_checksum = self.device.type == "cpu" if compute_checksum is None else compute_checksum
         self.failed_rounds = 0

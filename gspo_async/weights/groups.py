@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -191,3 +192,29 @@ def join_formations(formations: list[GroupFormation], timeout_s: float) -> list[
         log.warning("%d abandoned weight-sync group formation(s) still wait for their rendezvous timeout",
                     len(left))
     return left
+
+
+def listen_socket(host: str, port: int) -> tuple[int, int]:
+    """(fd, port): a socket listening on exactly `host` (a wildcard such as 0.0.0.0 or :: only when `host` is
+    one; port 0 picks a free port), its descriptor for TCPStore's `master_listen_fd`, which takes it over.
+    Without it the store's server listens on every interface whatever host it is given: an unauthenticated door
+    next to a loopback-only learner."""
+    name = "127.0.0.1" if host == "localhost" else host.strip("[]")
+    infos = socket.getaddrinfo(name or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(512)
+        port = sock.getsockname()[1]
+    except OSError as err:
+        sock.close()
+        raise OSError(f"the weight store cannot listen on {host}:{port} ({err}); free the port or set "
+                      "weight_store_port") from None
+    return sock.detach(), port
+
+
+def default_bind(host: str, bind_host: str | None) -> str | None:
+    """The address a group's sockets bind: `bind_host`, or loopback for a loopback store, else any."""
+    return bind_host if bind_host is not None else ("127.0.0.1" if host in LOOPBACK_HOSTS else None)

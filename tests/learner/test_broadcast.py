@@ -12,9 +12,10 @@ import torch
 import torch.distributed as dist
 
 from gspo_async.learner.broadcast import WeightBroadcaster
-from gspo_async.learner.weight_sync import WeightSyncMembership
+from gspo_async.learner.weight_sync import Cohorts, WeightSyncMembership
 from gspo_async.telemetry.registry import MetricRegistry
 from gspo_async.weights.elastic import KEY_LATEST, WeightPublisher
+from tests.support.receivers import Receiver
 
 TIMEOUT_S = 30.0  # far above anything these tests wait for: a round ends when its member becomes unreachable
 
@@ -39,12 +40,12 @@ def parts(tmp_path):
     client = dist.TCPStore("127.0.0.1", publisher.port, None, False, timedelta(seconds=10))
     made = []
 
-    def make(background: bool = True) -> WeightBroadcaster:
+    def make(background: bool = True, cohorts: Cohorts | None = None) -> WeightBroadcaster:
         b = WeightBroadcaster(publisher, WeightSyncMembership(TIMEOUT_S, exclude_s=0), lambda: list(live),
-                              registry, background=background)
+                              registry, background=background, cohorts=cohorts)
         made.append(b)
         return b
-    yield make, live, client, registry
+    yield make, live, client, registry, publisher
     for b in made:
         b.close()
     publisher.close()
@@ -67,7 +68,7 @@ def wait_round_started(client, after: int) -> int:
 
 
 def test_an_offer_while_a_round_runs_returns_at_once_takes_no_copy_and_the_newest_version_goes_out_after(parts):
-    make, live, client, registry = parts
+    make, live, client, registry, _ = parts
     weights = Weights()
     live.append("a")
     client.set("present/a", "1")  # a receiver that listens but never gets ready: the round to it waits
@@ -86,7 +87,7 @@ def test_an_offer_while_a_round_runs_returns_at_once_takes_no_copy_and_the_newes
 
 
 def test_the_broadcast_thread_resends_the_held_version_when_an_actor_joins(parts):
-    make, live, client, registry = parts
+    make, live, client, registry, _ = parts
     weights = Weights()
     b = make()
     assert b.wait_sent(3, weights, timeout_s=TIMEOUT_S) is True  # to no one: the version is recorded
@@ -101,7 +102,7 @@ def test_the_broadcast_thread_resends_the_held_version_when_an_actor_joins(parts
 
 
 def test_inline_mode_runs_the_round_in_the_offer_on_the_callers_weights(parts):
-    make, live, client, registry = parts
+    make, live, client, registry, _ = parts
     weights = Weights()
     b = make(background=False)
     assert b.offer(1, weights) is True
@@ -109,3 +110,37 @@ def test_inline_mode_runs_the_round_in_the_offer_on_the_callers_weights(parts):
     assert b.offer(1, weights) is False  # same version, same members: nothing to do
     assert weights.calls == [False]  # no copy: nothing runs beside the optimiser
     assert b.last_sync()["weights/bytes"] == 0.0  # no members, no payload
+
+
+@pytest.mark.slow
+def test_a_death_costs_only_its_own_cohort_a_group_and_a_newcomer_gets_weights_at_once(parts):
+    """Real receivers, cohorts of two: A and B share a group, C has its own. C dies: A and B get the next version
+    over their old group (no build); a newcomer D gets it at once in a guest group of its own."""
+    make, live, client, registry, publisher = parts
+    weights = Weights()
+    receivers = {a: Receiver(publisher.port, a) for a in ("A", "B", "C")}
+    try:
+        for r in receivers.values():
+            assert r.next_event(60) == {"event": "started"}
+        live.extend(["A", "B", "C"])
+        b = make(background=False, cohorts=Cohorts(2, join_wait_s=3600.0))
+        assert b.offer(1, weights) and b.sent_version == 1
+        gens = {a: receivers[a].until_received(1)["gen"] for a in "ABC"}
+        assert gens["A"] == gens["B"] != gens["C"] and registry.snapshot()["weights/group_builds"] == 2.0
+        receivers["C"].kill()
+        live.remove("C")
+        assert b.offer(2, weights) and b.sent_version == 2
+        assert [receivers[a].until_received(2)["gen"] for a in "AB"] == [gens["A"]] * 2  # the same group
+        assert registry.snapshot()["weights/group_builds"] == 2.0  # no group built for the death
+        receivers["D"] = Receiver(publisher.port, "D")
+        assert receivers["D"].next_event(60) == {"event": "started"}
+        live.append("D")
+        assert b.offer(2, weights)  # same version, a newcomer: a round to D only
+        assert receivers["D"].until_received(2)["gen"] not in gens.values()
+        assert registry.snapshot()["weights/group_builds"] == 3.0 and list(b.cohorts.guests) == [("D",)]
+        assert b.offer(3, weights) and b.sent_version == 3
+        assert [receivers[a].until_received(3)["gen"] for a in "AB"] == [gens["A"]] * 2
+    finally:
+        live.clear()
+        for r in receivers.values():
+            r.kill()

@@ -1,9 +1,9 @@
-"""The weight-sync membership with a fake clock: probing, failure, back-off doubling up to exclude_s, return after
-the hold, a dead actor leaving."""
+"""The weight-sync membership and cohorts with a fake clock: probing, failure, back-off doubling up to exclude_s,
+return after the hold, a dead actor leaving; the split into broadcast groups as actors die and arrive."""
 
 import pytest
 
-from gspo_async.learner.weight_sync import WeightSyncMembership
+from gspo_async.learner.weight_sync import Cohorts, WeightSyncMembership, deal
 
 
 class Clock:
@@ -26,9 +26,9 @@ class Probe:
         return [a for a in ids if a in self.listening]
 
 
-def make(timeout_s=10.0, exclude_s=60.0, join_wait_s=0.0):
+def make(timeout_s=10.0, exclude_s=60.0):
     clock = Clock()
-    return WeightSyncMembership(timeout_s, exclude_s, join_wait_s, clock=clock), clock
+    return WeightSyncMembership(timeout_s, exclude_s, clock=clock), clock
 
 
 def test_members_are_live_actors_whose_receiver_listens_and_are_probed_once():
@@ -43,15 +43,12 @@ def test_members_are_live_actors_whose_receiver_listens_and_are_probed_once():
     assert m.members(["a0", "a1", "a2"], probe) == ["a0", "a1", "a2"] and probe.asked[-1] == ["a2"]
 
 
-def test_changed_until_a_round_succeeds_and_after_a_failure():
+def test_a_failure_nobody_is_blamed_for_holds_no_one():
     m, _ = make()
     probe = Probe({"a0", "a1"})
     members = m.members(["a0", "a1"], probe)
-    assert m.changed(members)
-    m.succeeded(members)
-    assert not m.changed(m.members(["a0", "a1"], probe))
-    assert m.failed(members, missing=[]) == []  # a failure nobody is blamed for: rebuild, hold no one
-    assert m.changed(m.members(["a0", "a1"], probe)) and m.excluded == {}
+    assert m.failed(members, missing=[]) == []
+    assert m.members(["a0", "a1"], probe) == ["a0", "a1"] and m.excluded == {}
 
 
 def test_failure_backs_off_doubling_up_to_exclude_s_and_returns_after_the_hold():
@@ -107,61 +104,115 @@ def test_a_dead_actor_leaves_at_once_and_is_probed_afresh_when_it_returns():
     assert m.excluded["a2"] - clock.t == 10.0  # its old failures were forgotten
 
 
-def test_leave_reports_whether_the_actor_was_in_the_last_round():
-    m, _ = make()
-    probe = Probe({"a0", "a1"})
-    m.succeeded(m.members(["a0", "a1"], probe))
-    assert m.leave("a1") is True
-    assert m.leave("zz") is False
-    assert m.changed(m.members(["a0"], probe))
-
-
-def test_newcomers_wait_for_the_next_rebuild_at_most_join_wait_s():
-    m, clock = make(join_wait_s=5.0)
-    probe = Probe({"a0", "a1", "a2", "a3"})
-    m.succeeded(m.members(["a0", "a1"], probe))  # the run's first members join at once: nobody to wait for
-    assert m.published == ["a0", "a1"]
-    assert m.members(["a0", "a1", "a2"], probe) == ["a0", "a1"]  # a2 arrives: no rebuild for it alone yet
-    assert not m.changed(["a0", "a1"])
-    clock.t += 3.0
-    assert m.members(["a0", "a1", "a2", "a3"], probe) == ["a0", "a1"]  # a3 too; a2 has waited 3 s of 5
-    clock.t += 1.999
-    assert m.members(["a0", "a1", "a2", "a3"], probe) == ["a0", "a1"]
-    clock.t += 0.002  # a2's wait is over: both newcomers join in one rebuild
-    assert m.members(["a0", "a1", "a2", "a3"], probe) == ["a0", "a1", "a2", "a3"]
-    m.succeeded(["a0", "a1", "a2", "a3"])
-    assert m.joining == {}
-
-
-def test_a_death_takes_the_waiting_newcomers_into_its_rebuild_at_once():
-    m, clock = make(join_wait_s=5.0)
-    probe = Probe({"a0", "a1", "a2"})
-    m.succeeded(m.members(["a0", "a1"], probe))
-    assert m.members(["a0", "a1", "a2"], probe) == ["a0", "a1"]
-    clock.t += 1.0
-    assert m.members(["a0", "a2"], probe) == ["a0", "a2"]  # a1 died: one rebuild for the death and the arrival
-
-
-def test_a_held_out_member_makes_a_rebuild_that_takes_the_newcomers():
-    m, clock = make(join_wait_s=5.0)
-    probe = Probe({"a0", "a1", "a2"})
-    members = m.members(["a0", "a1"], probe)
-    m.succeeded(members)
-    assert m.members(["a0", "a1", "a2"], probe) == ["a0", "a1"]
-    m.succeeded(["a0", "a1"])
-    m.failed(["a0", "a1"], missing=["a1"])  # a failed round: the next one rebuilds anyway
-    assert m.members(["a0", "a1", "a2"], probe) == ["a0", "a2"]
-
-
-def test_newcomers_join_at_once_when_the_fleet_has_no_members():
-    m, _ = make(join_wait_s=5.0)
-    probe = Probe({"a0", "a1"})
-    m.succeeded([])  # a round to nobody (every actor had left)
-    assert m.members(["a0", "a1"], probe) == ["a0", "a1"]
-
-
-@pytest.mark.parametrize("kw", [dict(timeout_s=0, exclude_s=1), dict(timeout_s=1, exclude_s=-1),
-                                dict(timeout_s=1, exclude_s=1, join_wait_s=-1)])
+@pytest.mark.parametrize("kw", [dict(timeout_s=0, exclude_s=1), dict(timeout_s=1, exclude_s=-1)])
 def test_bad_settings_are_refused(kw):
-    with pytest.raises(ValueError, match="timeout_s|exclude_s|join_wait_s"):
+    with pytest.raises(ValueError, match="timeout_s|exclude_s"):
         WeightSyncMembership(**kw)
+
+
+# ----- cohorts -----
+
+def names(n, prefix="a"):
+    return [f"{prefix}{i:02d}" for i in range(n)]
+
+
+@pytest.mark.parametrize("n,size,sizes", [(0, 4, []), (1, 4, [1]), (4, 4, [4]), (5, 4, [3, 2]), (10, 4, [4, 3, 3]),
+                                          (16, 8, [8, 8]), (17, 8, [6, 6, 5]), (7, 0, [7])])
+def test_deal_makes_the_fewest_cohorts_of_at_most_size_with_sizes_differing_by_at_most_one(n, size, sizes):
+    cohorts = deal(names(n), size)
+    assert [len(c) for c in cohorts] == sizes
+    assert [m for c in cohorts for m in c] == names(n)  # every member once, in order
+
+
+def cohorts(size=4, join_wait_s=5.0):
+    clock = Clock()
+    return Cohorts(size, join_wait_s, clock=clock), clock
+
+
+def test_the_first_members_are_dealt_at_once_and_an_unchanged_fleet_keeps_its_cohorts():
+    c, _ = cohorts(size=4)
+    first = c.plan(names(8))
+    assert first == [tuple(names(8)[:4]), tuple(names(8)[4:])] and c.guests == {}
+    assert c.plan(reversed(names(8))) == first  # same members, any order: same cohorts, no new group
+
+
+def test_a_death_rebuilds_only_its_own_cohort():
+    c, _ = cohorts(size=4)
+    a, b = c.plan(names(8))
+    after = c.plan([m for m in names(8) if m != "a05"])
+    assert after[0] == a  # untouched, and first: it gets the version before the rebuilt one forms
+    assert after[1:] == [("a04", "a06", "a07")]
+
+
+def test_newcomers_get_a_guest_cohort_at_once_and_settle_into_one_with_room_after_join_wait():
+    c, clock = cohorts(size=4, join_wait_s=5.0)
+    c.plan(names(8))
+    c.plan([m for m in names(8) if m != "a05"])  # a05 died: ('a04', 'a06', 'a07') has room for one
+    clock.t += 1.0
+    plan = c.plan([m for m in names(8) if m != "a05"] + ["b00"])
+    assert plan == [tuple(names(4)), ("a04", "a06", "a07"), ("b00",)]  # the settled groups are not touched
+    assert set(c.guests) == {("b00",)}
+    clock.t += 4.999
+    assert c.plan([m for m in names(8) if m != "a05"] + ["b00"]) == plan  # not yet
+    clock.t += 0.002
+    assert c.plan([m for m in names(8) if m != "a05"] + ["b00"]) == [tuple(names(4)), ("a04", "a06", "a07", "b00")]
+    assert c.guests == {}  # only the cohort with room was rebuilt
+
+
+def test_a_death_takes_the_guests_into_its_rebuild_at_once():
+    c, clock = cohorts(size=4)
+    c.plan(names(8))
+    c.plan(names(8) + ["b00"])  # a replacement arrives before anyone died: a guest
+    clock.t += 1.0
+    live = [m for m in names(8) if m != "a02"] + ["b00"]
+    assert c.plan(live) == [tuple(names(8)[4:]), ("a00", "a01", "a03", "b00")] and c.guests == {}
+
+
+def test_a_dead_guest_is_dealt_with_the_other_guests():
+    c, _ = cohorts(size=4)
+    c.plan(names(4))
+    c.plan(names(4) + ["b00"])
+    c.plan(names(4) + ["b00", "b01"])  # two arrivals, two guest cohorts
+    assert set(c.guests) == {("b00",), ("b01",)}
+    assert c.plan(names(4) + ["b01"]) == [tuple(names(4)), ("b01",)] and c.guests == {}
+
+
+def test_settling_with_no_room_deals_the_guests_among_themselves():
+    c, clock = cohorts(size=2, join_wait_s=5.0)
+    c.plan(names(4))
+    for i in range(3):
+        c.plan(names(4) + names(i + 1, "b"))
+    assert len(c.guests) == 3
+    clock.t += 5.0
+    assert c.plan(names(4) + names(3, "b")) == [("a00", "a01"), ("a02", "a03"), ("b00", "b01"), ("b02",)]
+
+
+def test_size_zero_is_one_group_for_all_with_guests_until_the_next_rebuild():
+    c, clock = cohorts(size=0, join_wait_s=5.0)
+    assert c.plan(names(3)) == [tuple(names(3))]
+    assert c.plan(names(4)) == [tuple(names(3)), ("a03",)]  # the arrival does not rebuild the fleet's group
+    clock.t += 1.0
+    assert c.plan(["a00", "a02", "a03"]) == [("a00", "a02", "a03")]  # a death: one rebuild takes the guest too
+    assert c.plan(["a00", "a02", "a03", "a04"]) == [("a00", "a02", "a03"), ("a04",)]
+    clock.t += 5.0
+    assert c.plan(["a00", "a02", "a03", "a04"]) == [("a00", "a02", "a03", "a04")]
+
+
+def test_join_wait_zero_settles_every_arrival_at_once():
+    c, _ = cohorts(size=4, join_wait_s=0.0)
+    c.plan(names(3))
+    assert c.plan(names(4)) == [tuple(names(4))] and c.guests == {}
+
+
+def test_everyone_leaving_leaves_no_cohort():
+    c, _ = cohorts(size=4)
+    c.plan(names(6))
+    assert c.plan([]) == [] and c.current == []
+    assert c.plan(["b00"]) == [("b00",)] and c.guests == {}  # a fleet with no members: dealt at once
+
+
+@pytest.mark.parametrize("kw", [dict(size=-1, join_wait_s=1.0), dict(size=2.5, join_wait_s=1.0),
+                                dict(size=2, join_wait_s=-1.0)])
+def test_bad_cohort_settings_are_refused(kw):
+    with pytest.raises(ValueError, match="cohort size|join_wait_s"):
+        Cohorts(**kw)

@@ -2,14 +2,10 @@
 
 import json
 import os
-import queue
 import signal
-import subprocess
-import sys
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,13 +13,11 @@ import torch.distributed as dist
 
 from gspo_async.weights.buckets import state_checksum
 from gspo_async.weights.elastic import WeightPublisher, WeightSubscriber
+from tests.support.receivers import TIMEOUT_S, Receiver
 
-TIMEOUT_S = 4.0
 # A failed round ends within a few timeouts (2-3 by design); the bound is generous so that a loaded machine does not
 # fail it, and still far below a hang.
 SLACK = 10
-SCRIPT = Path(__file__).with_name("receiver_proc.py")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def model_weights(seed: int) -> dict[str, torch.Tensor]:
@@ -37,41 +31,6 @@ def model_weights(seed: int) -> dict[str, torch.Tensor]:
         "head.bias": torch.randn(1000, generator=g).to(torch.float16),
         "position_ids": torch.arange(512),
     }
-
-
-class Receiver:
-    """A receiving actor process; its JSON events are read by a thread into a queue."""
-
-    def __init__(self, port: int, actor_id: str, timeout_s: float = TIMEOUT_S):
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-        self.actor_id = actor_id
-        self.proc = subprocess.Popen([sys.executable, str(SCRIPT), "127.0.0.1", str(port), actor_id, str(timeout_s)],
-                                     stdout=subprocess.PIPE, text=True, env=env)
-        self.events: queue.Queue = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.events.put(json.loads(line))
-
-    def next_event(self, timeout_s: float = 30.0) -> dict:
-        try:
-            return self.events.get(timeout=timeout_s)
-        except queue.Empty:
-            pytest.fail(f"receiver {self.actor_id} said nothing for {timeout_s}s (exit code {self.proc.poll()})")
-
-    def until_received(self, version: int) -> dict:
-        """Skip failure reports; return the event for `version` (a later version is an error)."""
-        while True:
-            event = self.next_event()
-            if event["event"] == "received":
-                assert event["version"] == version, f"{self.actor_id} got {event['version']}, expected {version}"
-                return event
-            assert event["event"] == "failed", event
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=10)
 
 
 @pytest.fixture
@@ -156,6 +115,26 @@ def test_killed_member_fails_the_round_and_survivors_go_on(publisher, start):
     assert result.ok, result.error
     assert result.gen == 2  # a new generation without B
     assert a.until_received(3)["checksum"] == result.checksum
+
+
+@pytest.mark.slow
+def test_each_member_list_keeps_its_own_group_and_a_death_rebuilds_only_its_own(publisher, start):
+    a, b, c = start("A", "B", "C")
+    first = [publisher.publish(model_weights(1), 1, members) for members in (["A"], ["B", "C"])]
+    assert all(r.ok for r in first) and [r.gen for r in first] == [1, 2]
+    for r in (a, b, c):
+        r.until_received(1)
+    c.kill()
+    kept = publisher.publish(model_weights(2), 2, ["A"])
+    assert kept.ok and kept.gen == 1 and kept.group_seconds == 0  # A's group is untouched by C's death
+    assert a.until_received(2)["gen"] == 1
+    weights = model_weights(3)
+    rebuilt = publisher.publish(weights, 3, ["B"], checksum=True)
+    assert rebuilt.ok, rebuilt.error
+    assert rebuilt.gen == 3 and b.until_received(3)["checksum"] == rebuilt.checksum
+    publisher.retain([("B",)])  # A is no longer sent to: its group goes, and a later round to it forms a new one
+    again = publisher.publish(weights, 4, ["A"])
+    assert again.ok and again.gen == 4 and a.until_received(4)["gen"] == 4
 
 
 @pytest.mark.slow

@@ -10,9 +10,9 @@ the same window after a warm-up:
              is SIGKILLed and a fresh one started at once under a new id, as a supervisor would;
   kills, inline broadcasts
              the same, with every step waiting for its own weight broadcast (learner.weight_sync.background=false);
-  kills, newcomers join at once
-             the same as kills, with each replacement's arrival forming a new broadcast group at once
-             (learner.weight_sync.join_wait_s=0) instead of waiting for the next rebuild, which a death forces;
+  kills, one group for all
+             the same as kills, with the whole fleet in one broadcast process group
+             (learner.weight_sync.cohort_size=0) instead of groups of at most cohort_size actors;
   start-ups only
              no kills, but at the same pace an actor process is started that never joins (its learner address has
              nobody listening) and is killed at the next one: the CPU cost of a replacement's start-up (Python,
@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from gspo_async.config import WeightSyncConfig  # noqa: E402
 from tools.bench.report import (SYSTEM_BENCH_BASE, Column, machine_info, markdown_table, text_table,  # noqa: E402
                                 write_result)
 
@@ -64,13 +65,15 @@ COLUMNS: list[Column] = [("run", "run", None), ("actors", "actors", "d"), ("kill
                          ("median_gap_s", "median step gap s", ".2f"), ("sync_failures", "failed syncs", "d"),
                          ("group_builds", "group builds", "d"),
                          ("data_wait_s", "waits for data s", ".1f"), ("weights_wait_s", "waits for weights s", ".1f"),
-                         ("staleness_mean", "mean staleness", ".2f")]
+                         ("staleness_mean", "mean staleness", ".2f"),
+                         ("absence_s", "kill to successor's weights s (median)", ".1f"),
+                         ("actor_time_lost_pct", "actor time lost %", ".1f")]
 # The runs of one invocation: (name, what happens every --kill-every seconds, config overrides). "inline" is the same
 # churn with every step waiting for its own broadcast (learner.weight_sync.background=false); "start-ups" starts a
 # process that never joins, to tell the cost of a start-up on the machine's cores from the cost of a membership change.
 RUNS = [("no kills", None, ()), ("kills", "kill", ()),
         ("kills, inline broadcasts", "kill", ("learner.weight_sync.background=false",)),
-        ("kills, newcomers join at once", "kill", ("learner.weight_sync.join_wait_s=0",)),
+        ("kills, one group for all", "kill", ("learner.weight_sync.cohort_size=0",)),
         ("start-ups only", "start-up", ())]
 
 
@@ -145,6 +148,8 @@ def run_once(name: str, *, actors: int, kill_every_s: float, window_s: float, wa
     next_id = actors
     decoys: list[subprocess.Popen] = []  # start-up processes that never join (event "start-up")
     kills = 0
+    waiting: dict[str, float] = {}  # replacement -> time its predecessor was killed, until it applies weights
+    absences: list[float] = []  # per kill: seconds from the kill to the replacement's first weights applied
     try:
         deadline = time.monotonic() + 600
         while len(_step_records(run_dir)) < warmup_steps:  # start-up: imports, registrations, first weights
@@ -156,6 +161,8 @@ def run_once(name: str, *, actors: int, kill_every_s: float, window_s: float, wa
         while time.time() < t0 + window_s:
             if learner.poll() is not None:
                 raise RuntimeError(f"{name}: the learner exited with {learner.returncode}")
+            for a in [a for a in waiting if b"applied version" in (run_dir / "logs" / f"{a}.log").read_bytes()]:
+                absences.append(time.time() - waiting.pop(a))
             if time.time() >= next_kill:
                 next_kill += kill_every_s
                 if event == "start-up":  # the previous decoy goes, a new one starts (it never joins)
@@ -168,6 +175,7 @@ def run_once(name: str, *, actors: int, kill_every_s: float, window_s: float, wa
                                    and b"connected to" in (run_dir / "logs" / f"{a}.log").read_bytes()]:
                     victim = rng.choice(sorted(connected))
                     fleet[victim].send_signal(signal.SIGKILL)
+                    waiting[f"c{next_id}"] = time.time()
                     fleet[victim].wait()
                     del fleet[victim]
                     kills += 1
@@ -175,12 +183,17 @@ def run_once(name: str, *, actors: int, kill_every_s: float, window_s: float, wa
                     next_id += 1
             time.sleep(0.05)
         t1 = time.time()
+        absences += [t1 - t for t in waiting.values()]  # replacements not ready when the window closed
     finally:
         _stop([learner], grace_s=60)
         _stop(list(fleet.values()) + decoys, grace_s=10)
         for log in logs:
             log.close()
-    return summarise(name, run_dir, t0, t1, actors, kills)
+    row = summarise(name, run_dir, t0, t1, actors, kills)
+    if absences:  # what the kills took from the fleet: an actor's absence, from its kill to its successor's weights
+        row["absence_s"] = sorted(absences)[len(absences) // 2]
+        row["actor_time_lost_pct"] = 100.0 * sum(min(a, t1 - t0) for a in absences) / (actors * (t1 - t0))
+    return row
 
 
 def summarise(name: str, run_dir: Path, t0: float, t1: float, actors: int, kills: int) -> dict[str, Any]:
@@ -210,6 +223,7 @@ def summarise(name: str, run_dir: Path, t0: float, t1: float, actors: int, kills
             "weights_wait_s": weights_waits, "data_wait_s": waits - weights_waits}
 
 
+COHORT_SIZE = WeightSyncConfig().cohort_size  # the default the `kills` run uses
 GOAL_BUSY_POINTS = 5.0  # the kills run's learner busy % within this many points of the run without kills
 GOAL_GAP_S = 2.0  # and its longest gap between two steps below this (s, on loopback)
 
@@ -223,7 +237,11 @@ def goal_verdict(rows: list[dict[str, Any]]) -> str:
     return (f"Goal (busy within {GOAL_BUSY_POINTS:g} points of the run without kills, longest step gap under "
             f"{GOAL_GAP_S:g} s): busy {busy_drop:+.1f} points lower ({'met' if ok_busy else 'NOT met'}), longest "
             f"gap {kills['longest_gap_s']:.2f} s ({'met' if ok_gap else 'NOT met'}); steps/s "
-            f"{kills['steps_per_s']:.2f} vs {calm['steps_per_s']:.2f}."
+            f"{kills['steps_per_s']:.2f} vs {calm['steps_per_s']:.2f} "
+            f"({100 * (kills['steps_per_s'] / calm['steps_per_s'] - 1):+.1f} %)."
+            + (f" The kills took {kills['actor_time_lost_pct']:.1f} % of the fleet's actor time (median "
+               f"{kills['absence_s']:.1f} s from a kill to its successor's first weights)."
+               if "actor_time_lost_pct" in kills else "")
             + (f" The learner waited {kills['data_wait_s']:.1f} s for rollouts and {kills['weights_wait_s']:.1f} s "
                f"for the fleet's weights with kills, {calm['data_wait_s']:.1f} s and {calm['weights_wait_s']:.1f} s "
                "without." if "data_wait_s" in kills and "data_wait_s" in calm else ""))
@@ -239,9 +257,9 @@ def render_markdown(result: dict[str, Any], doc_dir: Path) -> str:
             f"of {s['warmup_steps']} steps (`tools/bench/churn.py`). Broadcasts run on a thread of their own "
             "(`learner.weight_sync.background`, the default); `kills, inline broadcasts` is the same churn with each "
             "step waiting for its broadcast (`background: false`; its busy % counts the broadcast inside each step "
-            "as busy, so compare steps/s); `kills, newcomers join at once` is the same churn with "
-            "`weight_sync.join_wait_s: 0` (each arrival forms a new broadcast group at once; the default lets it "
-            "wait, at most join_wait_s, for the rebuild the next death forces); `start-ups only` kills nobody but "
+            "as busy, so compare steps/s); the broadcasts go to groups of at most `weight_sync.cohort_size` "
+            f"actors (default {COHORT_SIZE}), and `kills, one group for all` is the same churn with "
+            "`cohort_size: 0`, the whole fleet in one process group; `start-ups only` kills nobody but "
             "starts, at the same pace, an actor "
             "process that never joins: what a replacement's start-up costs the machine's cores without any change "
             "of membership. Group builds: broadcast process groups formed or tried in the window "
@@ -255,13 +273,20 @@ def render_markdown(result: dict[str, Any], doc_dir: Path) -> str:
 
 # How to read the table (no figure: those are above). Kept beside the code that measures it.
 READING = ("Reading it: compare `start-ups only` with `no kills` for what the replacements' start-ups cost the "
-           "cores, and `kills` with `start-ups only` for what the membership changes cost. Every change of "
-           "members makes a new process group for the broadcasts (a gloo group's members are fixed); while a "
-           "round waits for it, the fleet's version stands still, and with it admission (counted from the "
-           "fleet's version) and the version-lag bound (`weight_sync.max_version_lag`), so the learner waits for "
-           "data. A death forces a rebuild; an arrival waits for the next one (`kills, newcomers join at once` "
-           "shows the cost of not waiting). Inline broadcasts pay the same group formations inside the steps "
-           "instead.")
+           "cores, and `kills` with `start-ups only` for what the membership changes cost. Every change of a "
+           "group's members makes a new process group (a gloo or NCCL group's members are fixed); while a round "
+           "waits for it, that group's actors get no weights, and the fleet's version (the newest every group "
+           "holds) stands still, and with it admission (counted from the fleet's version) and the version-lag "
+           "bound (`weight_sync.max_version_lag`), so the learner may wait for data. With groups of "
+           "`cohort_size`, a death rebuilds only its own group, and a replacement gets the weights at once in a "
+           "small group of its own that joins a regular one at the next rebuild; `kills, one group for all` shows "
+           "what one group for the whole fleet costs instead. Inline broadcasts pay the same group formations "
+           "inside the steps. A killed actor's lost work and its successor's start-up cost rollouts too (`actor "
+           "time lost %`: from each kill to the successor's first weights, over actors x window): where the fleet "
+           "only just keeps up with the learner (the `no kills` run waits for data too), that shows as fewer "
+           "steps/s however fast the broadcasts are. On a machine whose cores the learner shares with the fleet, "
+           "busy % also rises when the learner's own steps are slowed by other processes, so read it beside "
+           "steps/s.")
 
 
 def main() -> int:

@@ -18,6 +18,19 @@ from tests.support.ports import free_port  # noqa: F401 - re-exported for the te
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def all_threads_stopped(pid: int) -> bool:
+    """Whether every thread of process `pid` is stopped (state T in /proc). SIGSTOP takes effect asynchronously: one
+    thread must be scheduled to start the group stop, and on a loaded machine the others (a socket thread) run on
+    meanwhile, so a test that needs the process frozen waits for this."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        except (OSError, IndexError):  # a thread that ended meanwhile
+            continue
+    return bool(states) and all(state in ("T", "t") for state in states)
+
+
 def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, procs: tuple = ()) -> object:
     """Poll `predicate` until truthy; fail with `what` after `timeout_s` or if a watched process died."""
     deadline = time.monotonic() + timeout_s

@@ -18,7 +18,7 @@ import pytest
 
 from gspo_async.learner.checkpoint import load_latest
 from gspo_async.learner.ledger import replay
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import all_threads_stopped, wait_for
 from tests.reliability.conftest import check_against_final_checkpoint, check_ledger, duration, version
 from tests.support.actor_process import FakeActorProcess
 
@@ -69,6 +69,7 @@ def test_learner_killed_with_unacked_groups_and_leases_resumes_and_loses_none(cl
             # would be lost with the crash: the client drops those itself, tests/protocol/test_client.py.)
             while True:
                 learner.send_signal(signal.SIGSTOP)
+                wait_for(lambda: all_threads_stopped(learner.pid), 60, "every thread of the learner to stop")
                 if covered_by_checkpoint(c.run_dir, leased, held_id, held.call("status")["version"]):
                     break
                 learner.send_signal(signal.SIGCONT)

@@ -481,7 +481,11 @@ class WeightSubscriber:
     def _record(self, seq: int) -> dict | None:
         if not self._store.check([_key(seq)]):
             return None  # deleted: long over
-        return json.loads(self._store.get(_key(seq)))
+        raw = self._store.get(_key(seq))
+        try:
+            return json.loads(raw)
+        except ValueError:  # deleted between the check and the read (the store answers empty): long over too
+            return None
 
     def _join(self, record: dict) -> ReceivedWeights | None:
         store, seq, gen = self._store, record["seq"], record["gen"]

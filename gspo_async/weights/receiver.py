@@ -11,6 +11,8 @@ import logging
 import threading
 from collections.abc import Callable
 
+import torch.distributed as dist
+
 from gspo_async.weights.elastic import ReceivedWeights, WeightSubscriber
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,17 @@ class WeightReceiverThread:
     def _run(self) -> None:
         try:
             while True:
-                got = self.subscriber.receive()
+                try:
+                    got = self.subscriber.receive()
+                except Exception as e:  # noqa: BLE001 - sorted below
+                    if isinstance(e, ConnectionError) or (isinstance(e, RuntimeError)
+                                                          and not isinstance(e, dist.DistStoreError)):
+                        raise  # the learner is gone, or receive() was misused: the loop ends (below)
+                    # one unreadable round (its record gone mid-read, a store wait timed out) must not leave the
+                    # actor without weights for the rest of the run
+                    log.warning("weight receiver for %s: a round failed (%s: %s); waiting for the next",
+                                self.subscriber.actor_id, type(e).__name__, e)
+                    continue
                 if got is None:
                     if self.subscriber.stopped:
                         return

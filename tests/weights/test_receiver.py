@@ -1,9 +1,11 @@
 """The background receiving thread, with the learner side in the same process (two gloo ranks, one process)."""
 
 import time
+from datetime import timedelta
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from gspo_async.weights.apply import apply_to_module, named_weights
 from gspo_async.weights.elastic import WeightPublisher, WeightSubscriber
@@ -46,6 +48,28 @@ def test_thread_receives_newest_version_and_applies_it(publisher):
         receiver.stop()
         assert time.monotonic() - t0 < 15.0  # stop does not wait for a round that never comes (30 s)
     assert not receiver.is_alive() and receiver.error is None
+
+
+@pytest.mark.parametrize("record", ["", "{}"], ids=["record-gone-mid-read", "record-without-members"])
+def test_an_unreadable_round_is_skipped_and_the_next_version_arrives(publisher, record):
+    """A record read after the learner deleted it (the store answers empty) or one that lacks a field must cost that
+    round only: the thread once died of it, and its actor generated with old weights for the rest of the run."""
+    receiver = WeightReceiverThread(WeightSubscriber("127.0.0.1", publisher.port, "A", timeout_s=30.0)).start()
+    client = dist.TCPStore("127.0.0.1", publisher.port, None, False, timedelta(seconds=10))
+    try:
+        client.set("sync/1000", record)
+        client.queue_push("notify/A", "1000")
+        deadline = time.monotonic() + 30  # a condition re-checked: the thread has taken the notification
+        while client.queue_len("notify/A") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert client.queue_len("notify/A") == 0
+        result = publisher.publish(named_weights(tiny_model(0)), 7, ["A"], checksum=True)
+        assert result.ok, result.error
+        got = receiver.wait(timeout_s=30)
+        assert got is not None and got.version == 7 and got.checksum == result.checksum
+        assert receiver.is_alive() and receiver.error is None
+    finally:
+        receiver.stop()
 
 
 def test_thread_reports_a_vanished_learner(publisher):

@@ -26,6 +26,10 @@ IMG = ROOT / "docs" / "img"
 # groups (which would drop every group of a simulated actor's scoreless responses) and admits one version of lag.
 SYSTEM_BENCH_BASE = ["filter_groups.enabled=false", "off_policy.max_staleness=2"]
 
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+from tools.figure_records import cpu_model  # noqa: E402  (one reading of the CPU model for every figure tool)
+
 Column = tuple[Union[str, Callable[[dict], Any]], str, Optional[str]]
 
 
@@ -34,10 +38,8 @@ def machine_info() -> dict[str, Any]:
     """CPU model and count, memory, load average, Python and torch versions, and the current time."""
     info: dict[str, Any] = {"time": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpus": os.cpu_count(),
                             "python": platform.python_version(), "platform": platform.platform()}
+    info["cpu"] = cpu_model()
     try:
-        models = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")]
-        info["cpu"] = models[0] if models else platform.processor()
         mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                       if line.startswith("MemTotal"))
         info["memory_gb"] = round(mem_kb / 2**20, 1)

@@ -144,10 +144,11 @@ class Cohorts:
 
     def plan(self, members: Iterable[str]) -> list[Cohort]:
         """The cohorts for the next round, covering exactly `members`; intact cohorts are kept as they are."""
-        live = sorted(set(members))
+        alive = set(members)
+        live = sorted(alive)
         now = self.clock()
-        kept = [c for c in self.settled if set(c) <= set(live)]
-        guests = {c: t for c, t in self.guests.items() if set(c) <= set(live)}
+        kept = [c for c in self.settled if alive.issuperset(c)]
+        guests = {c: t for c, t in self.guests.items() if alive.issuperset(c)}
         broken = len(kept) < len(self.settled) or len(guests) < len(self.guests)
         placed = {m for c in kept + list(guests) for m in c}
         loose = [m for m in live if m not in placed]  # survivors of broken cohorts, and newcomers

@@ -146,8 +146,7 @@ class WeightPublisher:
         self._lock = threading.Lock()
         self._seq = 0
         self._gen = 0
-        self._groups: dict[tuple[str, ...], dist.ProcessGroup] = {}  # member list -> its live group
-        self._gens: dict[tuple[str, ...], int] = {}  # member list -> generation of its group
+        self._groups: dict[tuple[str, ...], tuple[int, dist.ProcessGroup]] = {}  # member list -> (gen, live group)
         self._plan_cache: tuple[tuple, list[Bucket], list[dict]] | None = None  # (signature, plan, its JSON)
         self._staging: dict[tuple[int, torch.dtype], torch.Tensor] = {}
         self._round_members: dict[int, list[str]] = {}
@@ -191,8 +190,7 @@ class WeightPublisher:
         if new_group:  # its members leave whatever group they were in: one group per actor at a time
             self._drop_groups([c for c in self._groups if not set(c).isdisjoint(cohort)])
             self._gen += 1
-            self._gens[cohort] = self._gen
-        gen = self._gens.get(cohort, self._gen)
+        gen = self._groups[cohort][0] if cohort in self._groups else self._gen
         buckets, plan = self._plan(tensors) if members else ([], [])
         nbytes = sum(b.nbytes for b in buckets)
         digest = state_checksum(tensors) if checksum else None
@@ -214,7 +212,7 @@ class WeightPublisher:
                 if new_group:
                     result.group_seconds = self._form_group(seq, members, alive)
                 phase = f"sending {len(buckets)} buckets"
-                self._send(self._groups[cohort], buckets, tensors)
+                self._send(self._groups[cohort][1], buckets, tensors)
                 phase = "waiting for acknowledgements"
                 missing, gone = self._wait_keys([_key(seq, "ack", m) for m in members], alive)
                 if gone:
@@ -270,7 +268,7 @@ class WeightPublisher:
                 gone[:] = [m for m in members if m not in living]
             return f"members {gone} left while generation {self._gen} formed" if gone else None
         try:
-            self._groups[tuple(members)] = formation.wait(members_gone, ALIVE_POLL_S)
+            self._groups[tuple(members)] = (self._gen, formation.wait(members_gone, ALIVE_POLL_S))
         except GroupAbandoned as e:
             self._abandoned = [f for f in self._abandoned if not f.join(0)] + [formation]
             raise _RoundFailed(f"{e} (connection closed or heartbeat lost)", list(gone)) from None
@@ -339,8 +337,8 @@ class WeightPublisher:
 
     def _drop_groups(self, cohorts: list[tuple[str, ...]]) -> None:
         for cohort in cohorts:
-            abort_group(self._groups.pop(cohort, None))
-            self._gens.pop(cohort, None)
+            _, group = self._groups.pop(cohort, (None, None))
+            abort_group(group)
         if cohorts:
             self._staging.clear()  # buffers may still be referenced by aborted work
 

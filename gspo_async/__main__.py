@@ -1,5 +1,3 @@
-import sys
+from gspo_async.cli import entry
 
-from gspo_async.cli import main
-
-sys.exit(main())
+entry()

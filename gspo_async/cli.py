@@ -191,5 +191,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The console script and ``python -m gspo_async``: :func:`main`, then :func:`~gspo_async.process.leave`."""
+    from gspo_async.process import leave
+
+    leave(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -133,3 +133,26 @@ class StopFlag:
 
     def wait(self, timeout: float) -> bool:
         return self.event.wait(timeout)
+
+
+def leave(code: int) -> None:
+    """End a process whose role has returned `code`: flush logs and streams, then exit without interpreter
+    teardown if this process used torch.distributed, otherwise exit normally.
+
+    Every role closes what it owns before it returns (sockets, weight groups, the learner's process group,
+    metric sinks, files), so teardown has nothing left to do but free memory, and there it can kill a run that
+    succeeded: a gloo process group still referenced somewhere (DeepSpeed keeps its own references after
+    ``destroy_process_group``) is freed during finalisation, its worker thread reaches for the GIL, Python
+    ends that thread by unwinding it, and the unwinding through C++ aborts the process ("terminate called
+    without an active exception", SIGABRT; torchrun then reports the whole learner failed). Only the command
+    line calls this; ``cli.main`` itself returns, so tests can call it in-process.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing more can be written anyway
+            pass
+    if "torch.distributed" in sys.modules:
+        os._exit(code)
+    sys.exit(code)

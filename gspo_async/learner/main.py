@@ -406,14 +406,14 @@ class Learner:
                 break
             if cfg.learner.checkpoint.every and self.step % cfg.learner.checkpoint.every == 0:
                 self.checkpoint()
-        if not self.stop.is_set() and not self.weights.wait_sent(self.version, self.weight_snapshot,
-                                                                 2 * cfg.learner.weight_sync.timeout_s):
-            log.warning("[learner] the final weights (version %d) did not reach the actors; the newest they got "
-                        "is version %d", self.version, self.weights.sent_version)
+        if not self.stop.is_set():
+            self._send_final_weights(2 * cfg.learner.weight_sync.timeout_s)
         if fleet_eval:
             self.finish_fleet_evaluations()
         self.server.close_intake()  # what is acknowledged as accepted from here on would miss the final state
         saved = self.checkpoint()
+        if self.stop.is_set():  # a signal: the state is saved first, then the actors get the version it holds
+            self._send_final_weights(cfg.learner.weight_sync.timeout_s)
         # The final record: every count as the ledger now holds it, and the run marked ended.
         self.registry.update({**self.fleet_metrics(), "learner/finished": 1.0})
         self.registry.log(self.step)
@@ -421,6 +421,14 @@ class Learner:
             distributed.broadcast_batch(None)  # release the follower ranks
         self._write_summary(time.time() - start, saved)
         return self.exit_code
+
+    def _send_final_weights(self, timeout_s: float) -> None:
+        """Offer the current version until a round has carried it to the fleet, at most `timeout_s` seconds: at
+        the end of a run, and after the final save on a signal (the last version's offer may have been turned
+        down while the previous round ran, and nothing would offer it again)."""
+        if not self.weights.wait_sent(self.version, self.weight_snapshot, timeout_s):
+            log.warning("[learner] the final weights (version %d) did not reach the actors; the newest they got "
+                        "is version %d", self.version, self.weights.sent_version)
 
     def _last_reward_error(self) -> Optional[str]:
         """The last reward error an actor reported; its message rides in heartbeats, so wait up to two of them."""

@@ -37,12 +37,14 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPAT
 
 # ----- the two tiers -----------------------------------------------------------------------------------------------
 # Process-starting tests run in two groups, one xdist worker each, so that two heavy runs never share the cores.
-# "clusters": the fault-injection runs and the integration runs with timing bounds; everything else slow goes to
-# "processes" (DeepSpeed ranks, reward runs, the README's commands, the dashboard's forced-drop run, which the browser
-# and consistency tests share as a session fixture, so both must be on its worker). The split keeps the two groups'
-# summed times within about a tenth of each other (measured with --junitxml on the 2-core machine).
+# "clusters": the fault-injection runs, the integration runs with timing bounds and the DeepSpeed engine tests;
+# everything else slow goes to "processes" (reward runs, the README's commands, the dashboard's forced-drop run, which
+# the browser and consistency tests share as a session fixture, so both must be on its worker). The split keeps the
+# two groups' summed times close (measured with --junitxml on the 2-core machine, with warm role starts: clusters
+# 160 s and processes 276 s before the DeepSpeed tests, 58 s, moved to clusters).
 CLUSTER_PATHS = ("tests/reliability/", "tests/integration/test_training.py", "tests/integration/test_actor_kill.py",
-                 "tests/integration/test_long_responses.py", "tests/integration/test_vllm_actor.py")
+                 "tests/integration/test_long_responses.py", "tests/integration/test_vllm_actor.py",
+                 "tests/learner/test_deepspeed.py")
 SPAWN_HINT = ("it is not marked slow but started a process ({what}); mark it @pytest.mark.slow (the unit tier, "
               "`-m 'not slow'`, starts no process) or replace the process with an in-process call")
 

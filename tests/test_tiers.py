@@ -74,10 +74,12 @@ def test_process_starting_tests_are_put_in_two_xdist_groups(suite_conftest):
              FakeItem("tests/readme/test_quickstart.py", pytest.mark.slow),
              FakeItem("tests/launch/test_scripts.py", pytest.mark.slow),
              FakeItem("tests/weights/test_elastic.py", pytest.mark.slow),
+             FakeItem("tests/learner/test_deepspeed.py", pytest.mark.slow),
              FakeItem("tests/algo/test_losses.py"),
              FakeItem("tests/learner/test_deepspeed.py", pytest.mark.slow, pytest.mark.xdist_group("own"))]
     suite_conftest.pytest_collection_modifyitems(None, items)
-    assert [i.group() for i in items] == ["clusters", "clusters", "processes", "processes", "processes", None, "own"]
+    assert [i.group() for i in items] == ["clusters", "clusters", "processes", "processes", "processes", "clusters",
+                                          None, "own"]
 
 
 def test_console_handlers_set_up_by_a_test_are_removed_after_it(suite_conftest):

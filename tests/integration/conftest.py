@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -14,6 +13,7 @@ from typing import Callable
 import pytest
 
 from tests.support.ports import free_port  # noqa: F401 - re-exported for the tests that import it here
+from tests.support.warm import start_role
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,17 +76,19 @@ class Cluster:
                           f"learner.weight_store_port={self.store_port}", "model.build_tiny_if_missing=false",
                           *TEST_BASE, *overrides]
         self.procs: list[subprocess.Popen] = []
+        self.names: dict[subprocess.Popen, str] = {}  # the processes _start started -> their names
         self.logs: dict[str, Path] = {}
         # DEBUG: the actors log the checksum of every weight version they apply, which the tests compare
         self.env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
                         GSPO_LOG_LEVEL="DEBUG")
 
     def _start(self, name: str, args: list[str]) -> subprocess.Popen:
+        """``python -m gspo_async ARGS``, forked warm (tests/support/warm.py), its output in ``NAME.log``."""
         log = self.tmp / f"{name}.log"
         self.logs[name] = log
-        proc = subprocess.Popen([sys.executable, "-m", "gspo_async", *args], cwd=ROOT, env=self.env,
-                                stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+        proc = start_role(args, ROOT, self.env, log)
         self.procs.append(proc)
+        self.names[proc] = name
         return proc
 
     def learner(self, *extra: str) -> subprocess.Popen:
@@ -105,15 +107,19 @@ class Cluster:
         return max((int(r.get("step", 0)) for r in self.metrics()), default=0)
 
     def stop_all(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        """SIGTERM every process still running, the actors before the learner: an actor told to stop while its
+        learner still answers gets its last acknowledgements at once, instead of waiting out a learner gone silent."""
+        learners = [p for p in self.procs if self.names.get(p) == "learner"]
+        for batch in ([p for p in self.procs if p not in learners], learners):
+            for p in batch:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in batch:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
 
     def dump_logs(self) -> str:
         """Each log's tail, and its first traceback when the tail no longer holds it (the first failure is the

@@ -29,6 +29,7 @@ class TorchrunCluster(Cluster):
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**self.env, "TORCH_EXTENSIONS_DIR": str(self.tmp / "ext")},
                                 stdout=open(log, "ab"), stderr=subprocess.STDOUT)
         self.procs.append(proc)
+        self.names[proc] = "learner"
         return proc
 
 

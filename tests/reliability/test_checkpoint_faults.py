@@ -186,6 +186,7 @@ class FullDiskCluster(Cluster):
                                     stdout=out, stderr=subprocess.STDOUT,
                                     preexec_fn=partial(full_disk, self.fsize_limit))
         self.procs.append(proc)
+        self.names[proc] = name
         return proc
 
 

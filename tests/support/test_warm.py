@@ -42,11 +42,12 @@ def test_a_command_prints_and_exits_as_it_does_cold(argv, tmp_path):
 
 def test_the_import_path_is_the_cold_one_with_pythonpath(tmp_path, tiny_model_dir):
     # A user's reward module on PYTHONPATH is found, as a cold start finds it (preflight calls the reward), and the
-    # role's import path is the cold one: nothing the test session put on the fork server's path leaks into it.
+    # role's import path is the cold one, entry for entry: nothing the test session put on the fork server's path
+    # (the test directories pytest inserts) leaks into it.
     (tmp_path / "only_on_pythonpath.py").write_text(
         "import sys\n\n"
         "def reward(prompt, response, answer):\n"
-        "    print('import path:', sys.path, 'pytest' in sys.modules)\n"
+        "    print('import path:', sys.path)\n"
         "    return float(response.strip() == answer.strip())\n")
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     argv = ["preflight", QUICKSTART, f"model.path={tiny_model_dir}", "model.build_tiny_if_missing=false",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 import warnings
 from typing import Optional
 
@@ -192,10 +193,20 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def entry() -> None:
-    """The console script and ``python -m gspo_async``: :func:`main`, then :func:`~gspo_async.process.leave`."""
+    """The console script and ``python -m gspo_async``: :func:`main`, then :func:`~gspo_async.process.leave`, also
+    after a crash (its traceback printed, exit code 1) or argparse's exit (--help, a usage error)."""
     from gspo_async.process import leave
 
-    leave(main())
+    try:
+        code = main()
+    except SystemExit as done:
+        if done.code is not None and not isinstance(done.code, int):
+            print(done.code, file=sys.stderr)
+        code = done.code if isinstance(done.code, int) else int(done.code is not None)
+    except BaseException:  # noqa: BLE001 - a crash still ends through leave(), loudly
+        traceback.print_exc()
+        code = 1
+    leave(code)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable, Optional
+from typing import Callable, NoReturn, Optional
 
 LOG_LEVEL_ENV = "GSPO_LOG_LEVEL"
 
@@ -135,7 +135,7 @@ class StopFlag:
         return self.event.wait(timeout)
 
 
-def leave(code: int) -> None:
+def leave(code: int) -> NoReturn:
     """End a process whose role has returned `code`: flush logs and streams, then exit without interpreter
     teardown if this process used torch.distributed, otherwise exit normally.
 

@@ -70,6 +70,20 @@ def test_leave_flushes_everything_and_exits_with_the_roles_code(tmp_path, setup)
     assert ("teardown ran" in done.stderr) == (setup == "")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("fault, code, said", [
+    ("c.main = lambda: 1 / 0", 1, "ZeroDivisionError"),  # a crash: traceback, exit 1, through leave()
+    ("import sys; sys.argv = ['gspo-async', 'nonsense']", 2, "gspo-async: error: argument command: invalid choice"),
+    ("import sys; sys.argv = ['gspo-async', '--help']", 0, "usage: gspo-async"),
+], ids=["crash", "usage-error", "help"])
+def test_the_entry_point_ends_every_way_with_the_right_code(fault, code, said):
+    # torch.distributed loaded first: every one of these ends by os._exit, after what it printed was flushed
+    script = f"import torch.distributed\nimport gspo_async.cli as c\n{fault}\nc.entry()\n"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == code, done.stderr
+    assert said in done.stdout + done.stderr
+
+
 def test_the_command_line_entry_points_end_through_leave():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"gspo-async": "gspo_async.cli:entry"}

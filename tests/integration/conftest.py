@@ -45,6 +45,19 @@ def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, procs
     raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
+def stop_processes(procs: list, timeout_s: float) -> None:
+    """SIGTERM each of `procs` still running, then wait up to `timeout_s` for each and SIGKILL what is left."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -110,16 +123,8 @@ class Cluster:
         """SIGTERM every process still running, the actors before the learner: an actor told to stop while its
         learner still answers gets its last acknowledgements at once, instead of waiting out a learner gone silent."""
         learners = [p for p in self.procs if self.names.get(p) == "learner"]
-        for batch in ([p for p in self.procs if p not in learners], learners):
-            for p in batch:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in batch:
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+        stop_processes([p for p in self.procs if p not in learners], timeout_s=30)
+        stop_processes(learners, timeout_s=30)
 
     def dump_logs(self) -> str:
         """Each log's tail, and its first traceback when the tail no longer holds it (the first failure is the

@@ -13,13 +13,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 
 import pytest
 
-from tests.integration.conftest import ROOT, free_port, read_jsonl, wait_for
+from tests.integration.conftest import ROOT, free_port, read_jsonl, stop_processes, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -110,12 +109,4 @@ def test_the_cluster_sections_commands_run_as_written(tmp_path, tiny_model_dir):
         assert status.returncode == 0, status.stderr + logs()
         assert re.search(r"^actors: 1 live", status.stdout, re.M), status.stdout  # the actor, seen through CURVE
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(procs, timeout_s=60)
